@@ -1,0 +1,38 @@
+"""Runbook "Health Check": 200, the four fields, and p95 under budget after 5 warm-ups."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from datetime import datetime
+
+import httpx
+
+from contracts.conftest import Target
+
+WARM_UPS = 5
+SAMPLES = 20
+
+
+def test_health_answers_200_with_runbook_fields(target: Target) -> None:
+    response = httpx.get(target.url("/api/health"), timeout=10)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
+    assert isinstance(body["users_count"], int) and not isinstance(body["users_count"], bool)
+    assert isinstance(body["sth_count"], int) and not isinstance(body["sth_count"], bool)
+
+
+def test_health_p95_is_under_budget_after_warm_up(target: Target) -> None:
+    with httpx.Client(timeout=10) as client:
+        for _ in range(WARM_UPS):
+            client.get(target.url("/api/health"))
+        timings = []
+        for _ in range(SAMPLES):
+            started = time.perf_counter()
+            response = client.get(target.url("/api/health"))
+            timings.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200
+    p95 = statistics.quantiles(timings, n=20)[-1]
+    assert p95 < target.health_budget_ms, f"health p95 = {p95:.1f} ms, budget {target.health_budget_ms} ms"

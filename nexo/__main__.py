@@ -1,0 +1,5 @@
+import sys
+
+from nexo.cli import main
+
+sys.exit(main())

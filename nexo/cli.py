@@ -1,0 +1,224 @@
+"""The ``nexo`` command.
+
+Runbook mapping: ``npm run dev`` is ``nexo dev``, ``npm start`` is
+``nexo serve`` and ``npm run db:push`` is ``nexo db push``.
+Exit codes: 0 success, 1 a check found a problem, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from nexo import __version__
+from nexo.config import ConfigError, Settings
+
+EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
+
+
+def fail(message: str, code: int = EXIT_CONFIG) -> int:
+    print(f"nexo: {message}", file=sys.stderr)
+    return code
+
+
+def load_settings(*, dev: bool = False) -> Settings:
+    return Settings.from_env(dev=dev)
+
+
+# -- serve / dev ---------------------------------------------------------------------------
+
+
+def _apply_server_options(args: argparse.Namespace) -> None:
+    """Command-line options win over the environment; workers re-read it."""
+    if args.port is not None:
+        os.environ["PORT"] = str(args.port)
+    if args.host is not None:
+        os.environ["HOST"] = args.host
+    if getattr(args, "workers", None) is not None:
+        os.environ["NEXO_WORKERS"] = str(args.workers)
+
+
+def _run_server(args: argparse.Namespace, *, dev: bool) -> int:
+    from sanic import Sanic
+    from sanic.worker.loader import AppLoader
+
+    from nexo.app import create_app, prepare_storage
+    from nexo.db import close_db
+
+    _apply_server_options(args)
+    if dev:
+        os.environ["NEXO_DEV"] = "1"
+    try:
+        settings = load_settings(dev=dev)
+        settings.check_deployment()
+    except ConfigError as exc:
+        return fail(str(exc))
+    ssl = None
+    if args.cert or args.key:
+        if not (args.cert and args.key):
+            return fail("--cert and --key go together")
+        ssl = {"cert": args.cert, "key": args.key}
+
+    async def preflight() -> None:
+        try:
+            await prepare_storage(settings)
+        finally:
+            await close_db()
+
+    try:
+        asyncio.run(preflight())
+    except ConfigError as exc:
+        return fail(str(exc))
+    except (OSError, ConnectionError) as exc:
+        return fail(f"cannot reach the {settings.database_kind} database: {exc}", EXIT_PROBLEM)
+    except Exception as exc:
+        return fail(f"cannot prepare the {settings.database_kind} database: {exc}", EXIT_PROBLEM)
+
+    loader = AppLoader(factory=create_app)
+    app = loader.load()
+    single = settings.workers == 1 and not dev
+    app.prepare(
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        single_process=single,
+        auto_reload=dev,
+        dev=dev,
+        access_log=False,
+        motd=dev,
+        ssl=ssl,
+    )
+    if single:
+        Sanic.serve_single(primary=app)
+    else:
+        Sanic.serve(primary=app, app_loader=loader)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _run_server(args, dev=False)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    return _run_server(args, dev=True)
+
+
+# -- db ------------------------------------------------------------------------------------
+
+
+def cmd_db_push(args: argparse.Namespace) -> int:
+    from nexo.app import prepare_storage
+    from nexo.db import SCHEMA_VERSION, close_db
+
+    try:
+        settings = load_settings(dev=True)
+    except ConfigError as exc:
+        return fail(str(exc))
+
+    async def push() -> None:
+        try:
+            await prepare_storage(settings)
+        finally:
+            await close_db()
+
+    try:
+        asyncio.run(push())
+    except Exception as exc:
+        return fail(f"schema push failed on {settings.database_kind}: {exc}", EXIT_PROBLEM)
+    where = (settings.database_url and _redact(settings.database_url)) or str(settings.sqlite_path)
+    print(f"schema version {SCHEMA_VERSION} is in place on {settings.database_kind} ({where})")
+    return EXIT_OK
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+# -- parser --------------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _server_options(parser: argparse.ArgumentParser, *, workers: bool) -> None:
+    parser.add_argument("--host", help="interface to listen on (env HOST, default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port to listen on (env PORT, default 5000)")
+    if workers:
+        parser.add_argument(
+            "--workers",
+            type=int,
+            help="worker processes (env NEXO_WORKERS, default 1; more than 1 needs PostgreSQL)",
+        )
+    parser.add_argument("--cert", help="TLS certificate (PEM) to serve HTTPS and wss:// directly")
+    parser.add_argument("--key", help="TLS private key (PEM) that goes with --cert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nexo",
+        description="Nexo: accounts, a verifiable key transparency log and an exactly-once "
+        "WebSocket relay. Configuration comes from the environment; see README.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"nexo {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the server (the runbook's `npm start`)",
+        description="Run the production server. Requires JWT_SECRET (32+ random bytes). "
+        "Uses SQLite at $NEXO_DATA_DIR/nexo.db unless DATABASE_URL is set.",
+    )
+    _server_options(serve, workers=True)
+    serve.set_defaults(handler=cmd_serve)
+
+    dev = commands.add_parser(
+        "dev",
+        help="run with auto-reload (the runbook's `npm run dev`)",
+        description="Development server with auto-reload. Without JWT_SECRET it creates a random "
+        "secret once in the data directory and reuses it, so tokens survive restarts.",
+    )
+    _server_options(dev, workers=False)
+    dev.set_defaults(handler=cmd_dev)
+
+    db = commands.add_parser("db", help="database schema and data", description="Database tools.")
+    db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
+    push = db_commands.add_parser(
+        "push",
+        help="create or migrate the schema (the runbook's `npm run db:push`)",
+        description="Create missing tables and indexes on SQLite or DATABASE_URL. "
+        "Never drops or rewrites data. Safe to run on every deploy.",
+    )
+    push.set_defaults(handler=cmd_db_push)
+    def db_usage(_args: argparse.Namespace) -> int:
+        db.print_help()
+        return EXIT_CONFIG
+
+    db.set_defaults(handler=db_usage)
+
+    for register in EXTRA_COMMANDS:
+        register(commands)
+    return parser
+
+
+#: Functions that add more subcommands (``register(subparsers)``), one per feature.
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,219 @@
+"""Settings: one frozen object built from the environment (DESIGN.md "Configuration").
+
+Every value is validated here, once, with a message an operator can act on.
+Nothing else in Nexo reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+PLACEHOLDER_SECRETS = frozenset({"change_me", "changeme", "secret", "please_change_me"})
+MIN_SECRET_BYTES = 32
+_RATE_RE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.I)
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid. The message names the variable and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``amount`` requests per ``window_seconds``."""
+
+    amount: int
+    window_seconds: int
+
+    @classmethod
+    def parse(cls, text: str, variable: str) -> RateLimit:
+        """Parse ``N/second|minute|hour|day`` (also ``N per 10 seconds``)."""
+        match = _RATE_RE.match(text)
+        if not match or int(match.group(1)) < 1:
+            raise ConfigError(
+                f"{variable}={text!r} is not a rate: use N/second, N/minute or N/hour "
+                "(for example 100/minute)"
+            )
+        multiplier = int(match.group(2)) if match.group(2) else 1
+        return cls(int(match.group(1)), multiplier * _UNIT_SECONDS[match.group(3).lower()])
+
+    def __str__(self) -> str:
+        return f"{self.amount} per {self.window_seconds} seconds"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything Nexo reads from its environment. Times are in seconds."""
+
+    jwt_secret: str
+    port: int = 5000
+    host: str = "0.0.0.0"  # noqa: S104 - a server listens on all interfaces by default
+    jwt_issuer: str = "nexo"
+    jwt_previous_secrets: tuple[str, ...] = ()
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path("data")
+    signing_key_file: Path | None = None
+    rate_limit: RateLimit = RateLimit(100, 60)
+    auth_rate_limit: RateLimit = RateLimit(30, 60)
+    ws_rate_limit: RateLimit = RateLimit(6000, 60)
+    trusted_proxies: int = 0
+    access_token_ttl: int = 3600
+    refresh_token_ttl: int = 30 * 24 * 3600
+    login_lockout_threshold: int = 10
+    login_lockout_window: int = 15 * 60
+    max_body_bytes: int = 256 * 1024
+    message_body_max_bytes: int = 64 * 1024
+    ws_max_frame_bytes: int = 128 * 1024
+    ws_auth_timeout: float = 5.0
+    workers: int = 1
+    metrics_token: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    dev: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def database_kind(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return "postgresql" if self.database_url else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "nexo.db"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.data_dir / "sth_signing.key"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, dev: bool = False) -> Settings:
+        """Build and validate settings; raise :class:`ConfigError` with one clear line."""
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("NEXO_DATA_DIR") or "data")
+        secret = env.get("JWT_SECRET", "")
+        if not secret:
+            if not dev:
+                raise ConfigError(
+                    "JWT_SECRET is required: set it to a random value of at least 32 bytes, "
+                    "for example: export JWT_SECRET=$(python3 -c 'import secrets; "
+                    "print(secrets.token_urlsafe(48))')  (or use `nexo dev`, which makes one)"
+                )
+            secret = dev_secret(data_dir)
+        elif not dev:
+            check_secret(secret, "JWT_SECRET")
+        previous = tuple(s.strip() for s in env.get("JWT_PREVIOUS_SECRETS", "").split(",") if s.strip())
+        for old in previous:
+            if not dev:
+                check_secret(old, "JWT_PREVIOUS_SECRETS")
+        database_url = env.get("DATABASE_URL") or None
+        if database_url:
+            check_database_url(database_url)
+        redis_url = env.get("REDIS_URL") or None
+        if redis_url and urlparse(redis_url).scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigError(f"REDIS_URL={redis_url!r} must start with redis:// or rediss://")
+        workers = _int(env, "NEXO_WORKERS", 1, minimum=1)
+        key_file = env.get("NEXO_SIGNING_KEY_FILE")
+        return cls(
+            jwt_secret=secret,
+            port=_int(env, "PORT", 5000, minimum=0, maximum=65535),
+            host=env.get("HOST") or "0.0.0.0",  # noqa: S104
+            jwt_issuer=env.get("JWT_ISSUER") or "nexo",
+            jwt_previous_secrets=previous,
+            database_url=database_url,
+            redis_url=redis_url,
+            data_dir=data_dir,
+            signing_key_file=Path(key_file) if key_file else None,
+            rate_limit=RateLimit.parse(env.get("NEXO_RATE_LIMIT") or "100/minute", "NEXO_RATE_LIMIT"),
+            auth_rate_limit=RateLimit.parse(
+                env.get("NEXO_AUTH_RATE_LIMIT") or "30/minute", "NEXO_AUTH_RATE_LIMIT"
+            ),
+            ws_rate_limit=RateLimit.parse(
+                env.get("NEXO_WS_RATE_LIMIT") or "6000/minute", "NEXO_WS_RATE_LIMIT"
+            ),
+            trusted_proxies=_int(env, "NEXO_TRUSTED_PROXIES", 0, minimum=0),
+            access_token_ttl=_int(env, "NEXO_ACCESS_TOKEN_TTL", 3600, minimum=1),
+            refresh_token_ttl=_int(env, "NEXO_REFRESH_TOKEN_TTL", 30 * 24 * 3600, minimum=1),
+            login_lockout_threshold=_int(env, "NEXO_LOGIN_LOCKOUT_THRESHOLD", 10, minimum=1),
+            login_lockout_window=_int(env, "NEXO_LOGIN_LOCKOUT_WINDOW", 900, minimum=1),
+            max_body_bytes=_int(env, "NEXO_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
+            message_body_max_bytes=_int(env, "NEXO_MESSAGE_MAX_BYTES", 64 * 1024, minimum=1),
+            ws_max_frame_bytes=_int(env, "NEXO_WS_MAX_FRAME_BYTES", 128 * 1024, minimum=1024),
+            workers=workers,
+            metrics_token=env.get("NEXO_METRICS_TOKEN") or None,
+            cors_origins=tuple(o.strip() for o in env.get("NEXO_CORS_ORIGINS", "").split(",") if o.strip()),
+            dev=dev,
+        )
+
+    def check_deployment(self) -> None:
+        """Refuse combinations that would silently give wrong answers."""
+        if self.workers > 1 and self.database_kind == "sqlite":
+            raise ConfigError(
+                f"SQLite serves one worker process; {self.workers} workers were asked for. "
+                "Use PostgreSQL for several workers (DATABASE_URL=postgresql://...), or --workers 1."
+            )
+
+
+def check_secret(secret: str, variable: str) -> None:
+    if secret.strip().lower() in PLACEHOLDER_SECRETS:
+        raise ConfigError(
+            f"{variable} is the placeholder {secret!r}: set a random secret of at least "
+            f"{MIN_SECRET_BYTES} bytes"
+        )
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{variable} is {len(secret.encode())} bytes: it must be at least "
+            f"{MIN_SECRET_BYTES} bytes of random data"
+        )
+
+
+def check_database_url(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in {"postgres", "postgresql", "asyncpg"}:
+        raise ConfigError(
+            f"DATABASE_URL scheme {parsed.scheme or '(none)'!r} is not supported: use "
+            "postgresql://user:pass@host:5432/dbname, or unset it for SQLite"
+        )
+    try:
+        parsed.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"DATABASE_URL has an invalid port: {exc}") from None
+    if not parsed.hostname and "host=" not in parsed.query:
+        raise ConfigError("DATABASE_URL has no host: use postgresql://user:pass@host:5432/dbname")
+    if not parsed.path.strip("/"):
+        raise ConfigError("DATABASE_URL names no database: add /dbname at the end")
+
+
+def dev_secret(data_dir: Path) -> str:
+    """The development secret: made once under the data dir (0600) and reused."""
+    path = data_dir / "dev_jwt_secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{name}={value} must be at least {minimum}{upper}")
+    return value

@@ -1,0 +1,126 @@
+"""Database wiring: Tortoise config from DATABASE_URL or the SQLite default.
+
+SQLite (the zero-config default) lives at ``$NEXO_DATA_DIR/nexo.db`` with the
+runbook's pragmas; PostgreSQL is used when ``DATABASE_URL`` is set.
+
+Tortoise 1.x keeps its state in a context variable that Sanic does not carry
+into request tasks, so :func:`init_db` always enables the global fallback
+(STYLE.md "Known traps"); ``tests/test_db.py`` proves handlers see it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlencode, urlparse, urlunparse
+
+from tortoise import Tortoise, connections
+from tortoise.backends.base.client import BaseDBAsyncClient
+
+from nexo.config import Settings
+
+log = logging.getLogger("nexo.db")
+
+#: Modules holding Tortoise models, one per feature.
+MODEL_MODULES = [
+    "nexo.counters",
+    "nexo.auth.models",
+    "nexo.devices.models",
+    "nexo.messages.models",
+    "nexo.transparency.models",
+]
+
+#: The runbook's "SQLite Optimization" pragmas, plus a busy timeout (ms).
+SQLITE_PRAGMAS: dict[str, str | int] = {
+    "journal_mode": "WAL",
+    "synchronous": "NORMAL",
+    "cache_size": -2000,
+    "temp_store": "MEMORY",
+    "busy_timeout": 5000,
+    "foreign_keys": "ON",
+}
+
+#: Bumped whenever the schema changes; recorded by ``nexo db push``.
+SCHEMA_VERSION = 1
+
+
+def db_url(settings: Settings) -> str:
+    """The Tortoise connection URL for these settings."""
+    if settings.database_url:
+        parsed = urlparse(settings.database_url)
+        scheme = "asyncpg" if parsed.scheme in {"postgres", "postgresql"} else parsed.scheme
+        return urlunparse(parsed._replace(scheme=scheme))
+    path = settings.sqlite_path.resolve()
+    return f"sqlite://{path}?{urlencode(SQLITE_PRAGMAS)}"
+
+
+def tortoise_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "connections": {"default": db_url(settings)},
+        "apps": {"nexo": {"models": MODEL_MODULES, "default_connection": "default"}},
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+async def init_db(settings: Settings, *, create_schema: bool = True) -> None:
+    """Open the connection (creating the SQLite file and its directory if needed)."""
+    if settings.database_kind == "sqlite":
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    await Tortoise.init(config=tortoise_config(settings), _enable_global_fallback=True)
+    if create_schema:
+        await push_schema()
+
+
+async def close_db() -> None:
+    await Tortoise.close_connections()
+
+
+def connection() -> BaseDBAsyncClient:
+    """The default connection, for repositories that write raw SQL on a hot path."""
+    return connections.get("default")
+
+
+def dialect() -> str:
+    """``sqlite`` or ``postgres``: repositories pick placeholders with it."""
+    return connection().capabilities.dialect
+
+
+async def push_schema() -> int:
+    """Create missing tables and indexes; never drop or rewrite existing data.
+
+    Returns the schema version now recorded in the database.
+    """
+    conn = connection()
+    await Tortoise.generate_schemas(safe=True)
+    await conn.execute_script(
+        "CREATE TABLE IF NOT EXISTS nexo_schema (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)"
+    )
+    rows = await conn.execute_query_dict("SELECT version FROM nexo_schema WHERE id = 1")
+    if not rows:
+        await conn.execute_script(f"INSERT INTO nexo_schema (id, version) VALUES (1, {SCHEMA_VERSION})")
+        return SCHEMA_VERSION
+    version = int(rows[0]["version"])
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database schema is version {version}, newer than this Nexo ({SCHEMA_VERSION}): "
+            "upgrade Nexo before serving it"
+        )
+    if version < SCHEMA_VERSION:
+        await conn.execute_script(f"UPDATE nexo_schema SET version = {SCHEMA_VERSION} WHERE id = 1")
+    return SCHEMA_VERSION
+
+
+async def ping() -> None:
+    """Raise if the database does not answer a trivial query."""
+    await connection().execute_query("SELECT 1")
+
+
+async def read_pragmas() -> dict[str, Any]:
+    """The SQLite pragmas in force (for tests and ``nexo doctor``)."""
+    conn = connection()
+    result = {}
+    for name in ("journal_mode", "synchronous", "cache_size", "temp_store", "busy_timeout"):
+        rows = await conn.execute_query_dict(f"PRAGMA {name}")
+        result[name] = next(iter(rows[0].values())) if rows else None
+    return result

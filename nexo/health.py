@@ -1,0 +1,108 @@
+"""``GET /api/health``: O(1) per request, 503 when the database stops answering.
+
+A background task reads the maintained counters (``nexo.counters``) every
+``REFRESH_SECONDS``; the endpoint only formats that snapshot, so it costs no
+database work however large the tables grow. When the last successful read is
+older than ``STALE_SECONDS`` the service reports ``degraded`` with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sanic import Blueprint, Request, Sanic
+from sanic.response import HTTPResponse, json
+
+from nexo import __version__, counters
+
+log = logging.getLogger("nexo.health")
+
+REFRESH_SECONDS = 0.25
+STALE_SECONDS = 2.0
+QUERY_TIMEOUT = 1.0
+
+bp = Blueprint("health", url_prefix="/api")
+
+
+@dataclass
+class HealthMonitor:
+    """Holds the latest counter snapshot and refreshes it off the request path."""
+
+    database: str
+    values: dict[str, int] = field(default_factory=dict)
+    last_ok: float = 0.0
+    last_error: str | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        try:
+            self.values = await asyncio.wait_for(counters.read_all(), QUERY_TIMEOUT)
+        except Exception as exc:  # any failure means "the database does not answer"
+            if self.last_error is None:
+                log.error("health: database check failed: %r", exc)
+            self.last_error = repr(exc) or type(exc).__name__
+            return
+        if self.last_error is not None:
+            log.warning("health: database answers again")
+        self.last_ok = time.monotonic()
+        self.last_error = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            await self.refresh()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="nexo-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def report(self) -> tuple[int, dict[str, object]]:
+        healthy = time.monotonic() - self.last_ok <= STALE_SECONDS
+        now = datetime.now(UTC)
+        body: dict[str, object] = {
+            "status": "ok" if healthy else "degraded",
+            "timestamp": now.isoformat().replace("+00:00", "Z"),
+            "users_count": self.values.get("users", 0),
+            "sth_count": self.values.get("sths", 0),
+            "version": __version__,
+            "database": self.database,
+        }
+        latest_ms = self.values.get("sth_latest_timestamp_ms")
+        if self.values.get("sths"):
+            body["sth_latest_index"] = self.values["sths"] - 1
+            if latest_ms:
+                body["sth_latest_age_seconds"] = round(max(0.0, now.timestamp() - latest_ms / 1000), 3)
+        if not healthy:
+            body["error"] = {"code": "database_unavailable", "message": "the database does not answer"}
+        return (200 if healthy else 503), body
+
+
+def setup(app: Sanic) -> None:
+    app.blueprint(bp)
+
+    @app.before_server_start
+    async def start_health(app: Sanic) -> None:
+        monitor = HealthMonitor(database=app.ctx.settings.database_kind)
+        await monitor.refresh()
+        monitor.start()
+        app.ctx.health = monitor
+
+    @app.before_server_stop
+    async def stop_health(app: Sanic) -> None:
+        await app.ctx.health.stop()
+
+
+@bp.get("/health")
+async def health(request: Request) -> HTTPResponse:
+    status, body = request.app.ctx.health.report()
+    return json(body, status=status, headers={"Cache-Control": "no-store"})

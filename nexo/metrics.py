@@ -1,0 +1,52 @@
+"""Prometheus metrics: HTTP traffic here; features declare their own beside their code.
+
+``GET /metrics`` serves the text exposition format. When ``NEXO_METRICS_TOKEN``
+is set, it requires ``Authorization: Bearer <that token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, raw
+
+from nexo.errors import Unauthorized
+
+HTTP_REQUESTS = Counter("nexo_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "nexo_http_request_duration_seconds",
+    "Time from request to response",
+    ["method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5),
+)
+
+bp = Blueprint("metrics")
+
+
+def route_label(request: Request) -> str:
+    """The route pattern, not the raw path, so labels stay bounded."""
+    route = request.route
+    if route is None:
+        return "unmatched"
+    return "/" + route.path.lstrip("/")
+
+
+def observe(request: Request, status: int) -> None:
+    started = getattr(request.ctx, "started", None)
+    route = route_label(request)
+    HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+    if started is not None:
+        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+
+
+@bp.get("/metrics")
+async def metrics(request: Request) -> HTTPResponse:
+    token = request.app.ctx.settings.metrics_token
+    if token:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise Unauthorized("metrics require the configured bearer token")
+    return raw(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,70 @@
+"""Request bodies and query strings parsed into pydantic models, or a clear 400/422.
+
+Bodies are strict: unknown fields are refused, types are not coerced
+(``"5"`` is not a number), and the error names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from sanic import Request
+
+from nexo.errors import BadRequest, ErrorCode, ValidationFailed
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Body(BaseModel):
+    """Base of every request body: strict types, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Query(BaseModel):
+    """Base of every query-string model: values arrive as text and are converted."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, or 400 ``invalid_json``."""
+    if not request.body:
+        raise BadRequest("the request needs a JSON object body", code=ErrorCode.INVALID_JSON)
+    try:
+        data = request.json
+    except Exception:
+        raise BadRequest("the request body is not valid JSON", code=ErrorCode.INVALID_JSON) from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object", code=ErrorCode.INVALID_JSON)
+    return data
+
+
+def describe(error: ValidationError) -> tuple[str, list[dict[str, str]]]:
+    problems = [
+        {"field": ".".join(str(p) for p in item["loc"]) or "(body)", "problem": item["msg"]}
+        for item in error.errors(include_url=False, include_context=False, include_input=False)
+    ]
+    first = problems[0]
+    return f"{first['field']}: {first['problem']}", problems
+
+
+def parse_body(request: Request, model: type[M]) -> M:
+    """Validate the JSON body against ``model``; 400 for bad JSON, 422 for bad fields."""
+    data = json_object(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, problems = describe(exc)
+        raise ValidationFailed(message, details={"fields": problems}) from None
+
+
+def parse_query(request: Request, model: type[M]) -> M:
+    """Validate query arguments (first value of each) against ``model``; 400 if wrong."""
+    data = {key: values[0] for key, values in request.args.items()}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, problems = describe(exc)
+        raise BadRequest(message, code="invalid_parameter", details={"fields": problems}) from None

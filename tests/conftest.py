@@ -1,0 +1,88 @@
+"""Shared fixtures: real servers on free ports, on the backend the run selects.
+
+``NEXO_TEST_BACKEND=sqlite`` (default) or ``postgres`` picks the database for
+every server a test starts; PostgreSQL servers each get a scratch database.
+``NEXO_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/0) is used by tests
+that need Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from contracts.server import DEFAULT_REDIS_URL, LocalServer, scratch_postgres
+
+BACKEND = os.environ.get("NEXO_TEST_BACKEND", "sqlite")
+if BACKEND not in {"sqlite", "postgres"}:
+    raise RuntimeError(f"NEXO_TEST_BACKEND={BACKEND!r}: use sqlite or postgres")
+
+REDIS_URL = os.environ.get("NEXO_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+
+ServerFactory = Callable[..., LocalServer]
+
+
+@pytest.fixture(scope="session")
+def backend() -> str:
+    return BACKEND
+
+
+@contextlib.contextmanager
+def server_factory(base_dir: Path) -> Iterator[ServerFactory]:
+    """Yields ``make(env=None, workers=1, database_url=None, start=True, ...)``.
+
+    Each server gets its own data dir; on PostgreSQL its own scratch database
+    unless ``database_url`` is given (to share one between servers).
+    """
+    servers: list[LocalServer] = []
+    stack = contextlib.ExitStack()
+    counter = 0
+
+    def make(
+        env: dict[str, str] | None = None,
+        *,
+        workers: int = 1,
+        database_url: str | None = None,
+        start: bool = True,
+        **kwargs: object,
+    ) -> LocalServer:
+        nonlocal counter
+        counter += 1
+        merged = dict(env or {})
+        if BACKEND == "postgres" and "DATABASE_URL" not in merged:
+            merged["DATABASE_URL"] = database_url or stack.enter_context(scratch_postgres())
+        server = LocalServer(base_dir / f"server{counter}", merged, workers=workers, **kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        return server.start() if start else server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.stop()
+        stack.close()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """A factory of servers torn down after the test."""
+    with server_factory(tmp_path) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """One default server shared by a test module (tests make their own users)."""
+    with server_factory(tmp_path_factory.mktemp("server")) as make:
+        yield make()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A scratch PostgreSQL database, whatever the selected backend."""
+    with scratch_postgres() as url:
+        yield url
