@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from types import ModuleType, SimpleNamespace
 
@@ -13,7 +15,7 @@ from sanic import Request, Sanic
 from sanic.config import Config
 from sanic.response import BaseHTTPResponse
 
-from nexo import db, errors, health, metrics, ratelimit
+from nexo import db, errors, health, logs, metrics, ratelimit
 from nexo.auth import endpoints as auth_endpoints
 from nexo.config import Settings
 from nexo.devices import endpoints as devices_endpoints
@@ -41,7 +43,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",
 }
 
 
@@ -61,11 +62,13 @@ async def prepare_storage(settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> NexoApp:
     """Build the Sanic app. No I/O here: connections open in listeners."""
     if settings is None:
-        import os
-
         settings = Settings.from_env(dev=os.environ.get("NEXO_DEV") == "1")
+    logs.configure(settings.log_level, settings.access_log)
     app: NexoApp = Sanic("nexo", ctx=SimpleNamespace(), configure_logging=True)
     app.ctx.settings = settings
+    app.ctx.response_headers = dict(SECURITY_HEADERS)
+    if settings.tls:
+        app.ctx.response_headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.WEBSOCKET_MAX_SIZE = settings.ws_max_frame_bytes
     app.config.WEBSOCKET_PING_INTERVAL = 20
@@ -74,7 +77,8 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     app.config.ACCESS_LOG = False
     app.config.OAS_UI_DEFAULT = "swagger"
     app.config.OAS_UI_REDOC = False
-    app.config.CORS_ORIGINS = ",".join(settings.cors_origins) if settings.cors_origins else ""
+    app.config.CORS = bool(settings.cors_origins)
+    app.config.CORS_ORIGINS = ",".join(settings.cors_origins)
     app.ext.openapi.describe(
         "Nexo",
         version=__import__("nexo").__version__,
@@ -101,22 +105,32 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     return app
 
 
+# Request ids: a random per-process prefix and a counter (unique, and no syscall per request).
+_ID_PREFIX = secrets.token_hex(6)
+_ID_COUNTER = itertools.count(1)
+_QUIET_PATHS = frozenset({"/api/health", "/metrics"})
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+
+
 async def _start_request(request: Request) -> None:
     request.ctx.started = time.perf_counter()
     given = request.headers.get("x-request-id", "")
-    request.ctx.request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+    request.ctx.request_id = given if 0 < len(given) <= 128 and given.isprintable() else new_request_id()
 
 
 async def _finish_response(request: Request, response: BaseHTTPResponse) -> None:
-    request_id = getattr(request.ctx, "request_id", None) or uuid.uuid4().hex
-    response.headers["X-Request-ID"] = request_id
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if request.scheme in {"https", "wss"}:
-        response.headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+    request_id = getattr(request.ctx, "request_id", None) or new_request_id()
+    headers = response.headers
+    headers["X-Request-ID"] = request_id
+    for name, value in request.app.ctx.response_headers.items():
+        if name not in headers:
+            headers[name] = value
     status = response.status
     metrics.observe(request, status)
-    if access_log.isEnabledFor(logging.INFO):
+    if access_log.isEnabledFor(logging.INFO) and (status >= 400 or request.path not in _QUIET_PATHS):
         started = getattr(request.ctx, "started", None)
         access_log.info(
             json.dumps(
