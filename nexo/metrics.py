@@ -2,14 +2,28 @@
 
 ``GET /metrics`` serves the text exposition format. When ``NEXO_METRICS_TOKEN``
 is set, it requires ``Authorization: Bearer <that token>``.
+
+With several workers, ``nexo serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
+fresh directory before the workers start, and every worker answers with the
+sum over all workers (prometheus-client's multiprocess mode), so a scrape
+never sees one worker's share only.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
@@ -49,4 +63,12 @@ async def metrics(request: Request) -> HTTPResponse:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise Unauthorized("metrics require the configured bearer token")
-    return raw(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    return raw(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def _registry() -> CollectorRegistry:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
