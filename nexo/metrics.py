@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import os
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -48,12 +49,22 @@ def route_label(request: Request) -> str:
     return "/" + route.path.lstrip("/")
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def observe(request: Request, status: int) -> None:
-    started = getattr(request.ctx, "started", None)
-    route = route_label(request)
-    HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+    """Count the request and its latency (``request.started`` is set by the request class)."""
+    method = request.method if request.method in _METHODS else "OTHER"
+    key = (method, route_label(request), status)
+    children = _children.get(key)
+    if children is None:  # labels() takes a lock; cache the children per label set
+        children = (HTTP_REQUESTS.labels(key[0], key[1], str(status)), HTTP_LATENCY.labels(key[0], key[1]))
+        _children[key] = children
+    children[0].inc()
+    started = getattr(request, "started", None)
     if started is not None:
-        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        children[1].observe(time.perf_counter() - started)
 
 
 @bp.get("/metrics")
