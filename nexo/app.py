@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 from sanic import Request, Sanic
 from sanic.config import Config
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     if settings is None:
         settings = Settings.from_env(dev=os.environ.get("NEXO_DEV") == "1")
     logs.configure(settings.log_level, settings.access_log)
-    app: NexoApp = Sanic("nexo", ctx=SimpleNamespace(), configure_logging=True)
+    app: NexoApp = Sanic("nexo", ctx=SimpleNamespace(), configure_logging=True, request_class=NexoRequest)
     app.ctx.settings = settings
     app.ctx.response_headers = dict(SECURITY_HEADERS)
     if settings.tls:
@@ -100,38 +101,50 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     for feature in FEATURES:
         feature.setup(app)
 
-    app.on_request(_start_request, priority=1000)
     app.on_response(_finish_response, priority=-1000)
     return app
 
 
-# Request ids: a random per-process prefix and a counter (unique, and no syscall per request).
-_ID_PREFIX = secrets.token_hex(6)
-_ID_COUNTER = itertools.count(1)
+class NexoRequest(Request):
+    """A request that knows when it started and its id, without a middleware pass.
+
+    ``request_id`` is the client's ``X-Request-ID`` when it is short and printable,
+    else a random per-process prefix and a counter (unique, no syscall per request).
+    """
+
+    __slots__ = ("_request_id", "started")
+    _id_prefix = secrets.token_hex(6)
+    _id_counter = itertools.count(1)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = time.perf_counter()
+        self._request_id: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            given = self.headers.get("x-request-id", "")
+            if 0 < len(given) <= 128 and given.isprintable():
+                self._request_id = given
+            else:
+                self._request_id = f"{self._id_prefix}{next(self._id_counter):08x}"
+        return self._request_id
+
+
 _QUIET_PATHS = frozenset({"/api/health", "/metrics"})
+_DOCS_PREFIX = "/docs"
 
 
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-
-
-async def _start_request(request: Request) -> None:
-    request.ctx.started = time.perf_counter()
-    given = request.headers.get("x-request-id", "")
-    request.ctx.request_id = given if 0 < len(given) <= 128 and given.isprintable() else new_request_id()
-
-
-async def _finish_response(request: Request, response: BaseHTTPResponse) -> None:
-    request_id = getattr(request.ctx, "request_id", None) or new_request_id()
+async def _finish_response(request: NexoRequest, response: BaseHTTPResponse) -> None:
+    request_id = request.request_id
     headers = response.headers
     headers["X-Request-ID"] = request_id
-    for name, value in request.app.ctx.response_headers.items():
-        if name not in headers:
-            headers[name] = value
+    if not request.path.startswith(_DOCS_PREFIX):  # the OpenAPI UI needs its scripts
+        headers.update(request.app.ctx.response_headers)
     status = response.status
     metrics.observe(request, status)
     if access_log.isEnabledFor(logging.INFO) and (status >= 400 or request.path not in _QUIET_PATHS):
-        started = getattr(request.ctx, "started", None)
         access_log.info(
             json.dumps(
                 {
@@ -139,7 +152,7 @@ async def _finish_response(request: Request, response: BaseHTTPResponse) -> None
                     "method": request.method,
                     "path": request.path,
                     "status": status,
-                    "ms": round((time.perf_counter() - started) * 1000, 3) if started else None,
+                    "ms": round((time.perf_counter() - request.started) * 1000, 3),
                     "client": request.remote_addr or request.ip,
                 },
                 separators=(",", ":"),

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
 from nexo import __version__
@@ -77,6 +78,9 @@ def _run_server(args: argparse.Namespace, *, dev: bool) -> int:
     except Exception as exc:
         return fail(f"cannot prepare the {settings.database_kind} database: {exc}", EXIT_PROBLEM)
 
+    if settings.workers > 1 or dev:
+        # Workers are fresh processes: they read this before importing prometheus_client.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nexo-metrics-")
     loader = AppLoader(factory=create_app)
     app = loader.load()
     single = settings.workers == 1 and not dev

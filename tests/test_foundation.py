@@ -184,3 +184,19 @@ def test_health_is_degraded_when_postgres_goes_away(make_server: ServerFactory, 
     assert response.status_code == 503
     assert response.json()["status"] == "degraded"
     assert "Traceback" not in response.text
+
+
+def test_metrics_sum_over_workers(make_server: ServerFactory, pg_url: str) -> None:
+    server = make_server({"DATABASE_URL": pg_url}, workers=2)
+    with httpx.Client() as client:
+        for _ in range(40):
+            # A new connection each time, so the kernel spreads them over both workers.
+            client.get(f"{server.base_url}/api/health", headers={"Connection": "close"})
+        text = client.get(f"{server.base_url}/metrics").text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    served = sum(
+        sample.value
+        for sample in families["nexo_http_requests"].samples
+        if sample.name == "nexo_http_requests_total" and sample.labels.get("route") == "/api/health"
+    )
+    assert served >= 40
