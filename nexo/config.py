@@ -78,6 +78,10 @@ class Settings:
     workers: int = 1
     metrics_token: str | None = None
     cors_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    access_log: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     dev: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -85,6 +89,11 @@ class Settings:
     def database_kind(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return "postgresql" if self.database_url else "sqlite"
+
+    @property
+    def tls(self) -> bool:
+        """True when Nexo itself terminates TLS (``--cert``/``--key``)."""
+        return self.tls_cert is not None
 
     @property
     def sqlite_path(self) -> Path:
@@ -158,11 +167,20 @@ class Settings:
             workers=workers,
             metrics_token=env.get("NEXO_METRICS_TOKEN") or None,
             cors_origins=tuple(o.strip() for o in env.get("NEXO_CORS_ORIGINS", "").split(",") if o.strip()),
+            log_level=_choice(env, "NEXO_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            access_log=_choice(env, "NEXO_ACCESS_LOG", "1", ("0", "1")) == "1",
+            tls_cert=Path(env["NEXO_TLS_CERT"]) if env.get("NEXO_TLS_CERT") else None,
+            tls_key=Path(env["NEXO_TLS_KEY"]) if env.get("NEXO_TLS_KEY") else None,
             dev=dev,
         )
 
     def check_deployment(self) -> None:
         """Refuse combinations that would silently give wrong answers."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("a TLS certificate and its key go together: give both --cert and --key")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"TLS file {path} does not exist")
         if self.workers > 1 and self.database_kind == "sqlite":
             raise ConfigError(
                 f"SQLite serves one worker process; {self.workers} workers were asked for. "
@@ -211,6 +229,13 @@ def dev_secret(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(secret + "\n")
     return secret
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).upper()
+    if value not in choices:
+        raise ConfigError(f"{name}={env.get(name)!r} must be one of {', '.join(choices)}")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:

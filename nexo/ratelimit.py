@@ -58,7 +58,11 @@ REFUSED = Counter("nexo_ratelimit_refused_total", "Requests refused by the rate 
 STORAGE_ERRORS = Counter(
     "nexo_ratelimit_storage_errors_total", "Rate-limit storage (Redis) failures; served from process memory"
 )
-FALLBACK = Gauge("nexo_ratelimit_fallback", "1 while this worker limits from process memory instead of Redis")
+FALLBACK = Gauge(
+    "nexo_ratelimit_fallback",
+    "1 while a worker limits from process memory instead of Redis",
+    multiprocess_mode="max",
+)
 
 
 class Bucket(StrEnum):
