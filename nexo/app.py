@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     app.config.ACCESS_LOG = False
     app.config.OAS_UI_DEFAULT = "swagger"
     app.config.OAS_UI_REDOC = False
+    app.config.PROXIES_COUNT = settings.trusted_proxies  # X-Forwarded-For/-Proto only when > 0
+    app.config.FORWARDED_SECRET = settings.forwarded_secret  # RFC 7239 Forwarded only with a secret
     app.config.CORS = bool(settings.cors_origins)
     app.config.CORS_ORIGINS = ",".join(settings.cors_origins)
     app.ext.openapi.describe(

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 PLACEHOLDER_SECRETS = frozenset({"change_me", "changeme", "secret", "please_change_me"})
 MIN_SECRET_BYTES = 32
 _RATE_RE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.I)
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
@@ -64,6 +65,8 @@ class Settings:
     auth_rate_limit: RateLimit = RateLimit(30, 60)
     ws_rate_limit: RateLimit = RateLimit(6000, 60)
     trusted_proxies: int = 0
+    forwarded_secret: str | None = None
+    redis_prefix: str = "nexo"
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 30 * 24 * 3600
     login_lockout_threshold: int = 10
@@ -130,6 +133,9 @@ class Settings:
         if redis_url and urlparse(redis_url).scheme not in {"redis", "rediss", "unix"}:
             raise ConfigError(f"REDIS_URL={redis_url!r} must start with redis:// or rediss://")
         workers = _int(env, "NEXO_WORKERS", 1, minimum=1)
+        redis_prefix = env.get("NEXO_REDIS_PREFIX") or "nexo"
+        if not _PREFIX_RE.match(redis_prefix):
+            raise ConfigError(f"NEXO_REDIS_PREFIX={redis_prefix!r}: use 1-64 of letters, digits and _ . : -")
         key_file = env.get("NEXO_SIGNING_KEY_FILE")
         return cls(
             jwt_secret=secret,
@@ -149,6 +155,8 @@ class Settings:
                 env.get("NEXO_WS_RATE_LIMIT") or "6000/minute", "NEXO_WS_RATE_LIMIT"
             ),
             trusted_proxies=_int(env, "NEXO_TRUSTED_PROXIES", 0, minimum=0),
+            forwarded_secret=env.get("NEXO_FORWARDED_SECRET") or None,
+            redis_prefix=redis_prefix,
             access_token_ttl=_int(env, "NEXO_ACCESS_TOKEN_TTL", 3600, minimum=1),
             refresh_token_ttl=_int(env, "NEXO_REFRESH_TOKEN_TTL", 30 * 24 * 3600, minimum=1),
             login_lockout_threshold=_int(env, "NEXO_LOGIN_LOCKOUT_THRESHOLD", 10, minimum=1),
