@@ -1,18 +1,28 @@
-"""The contract suite's one fixture: ``target``, a server to check.
+"""The contract suite's fixtures: ``target`` (a server to check) and ``accounts``.
 
 By default it starts its own Nexo (temporary data dir, free port); with
 ``--base-url URL`` (or ``NEXO_BASE_URL``) it checks a deployed server instead,
 over HTTP and WebSocket only.
+
+Safety on shared environments: every user the suite needs comes from
+``accounts.create()`` (a recognisable prefix plus a random part) and is deleted
+with ``DELETE /api/me`` when the run ends. Tests marked ``destructive`` (they
+spend a shared budget) run against a URL only with ``--allow-destructive``.
+Tests report what they measured with the ``figure`` fixture; ``nexo contracts``
+prints it, and JUnit XML (``-o junit_family=xunit1``) carries it as a property.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from contracts.server import DEFAULT_REDIS_URL, LocalServer, scratch_postgres
@@ -43,6 +53,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="sqlite",
         help="database of the server started locally (default sqlite)",
     )
+    group.addoption(
+        "--ws-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for a WebSocket frame or close (network round trips included)",
+    )
+    group.addoption(
+        "--sth-timeout",
+        type=float,
+        default=3.0,
+        help="seconds to wait for health's sth_count to grow after a device registration",
+    )
+    group.addoption(
+        "--rate-limit",
+        type=int,
+        default=100,
+        help="requests per minute per client the server promises (runbook: 100)",
+    )
+    group.addoption("--issuer", default="nexo", help="expected JWT iss claim (JWT_ISSUER, default nexo)")
+    group.addoption(
+        "--cleanup-timeout",
+        type=float,
+        default=75.0,
+        help="seconds to keep retrying the deletion of a rate-limited test user at the end",
+    )
     group.addoption("--workers", type=int, default=1, help="workers of the local server")
     group.addoption(
         "--redis",
@@ -59,6 +94,19 @@ class Target:
     allow_destructive: bool
     health_budget_ms: float
     server: LocalServer | None = None
+    backend: str | None = None
+    ws_timeout: float = 10.0
+    sth_timeout: float = 3.0
+    rate_limit: int = 100
+    issuer: str = "nexo"
+    cleanup_timeout: float = 75.0
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The local server's SQLite file (for the runbook's duplicate query), else None."""
+        if self.server is None or self.backend != "sqlite":
+            return None
+        return self.server.data_dir / "nexo.db"
 
     @property
     def ws_url(self) -> str:
@@ -69,13 +117,40 @@ class Target:
         return self.base_url.rstrip("/") + path
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "destructive: spends a shared budget (rate limit); against --base-url only with --allow-destructive",
+    )
+
+
+def _destructive_allowed(config: pytest.Config) -> bool:
+    return not config.getoption("--base-url") or bool(config.getoption("--allow-destructive"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Budget-spending tests run first, so their users' cool-down overlaps the rest of the run."""
+    skip = pytest.mark.skip(reason="spends a shared budget: pass --allow-destructive to run it against a URL")
+    for item in items:
+        if item.get_closest_marker("destructive") and not _destructive_allowed(config):
+            item.add_marker(skip)
+    items.sort(key=lambda item: 0 if item.get_closest_marker("destructive") else 1)
+
+
 @pytest.fixture(scope="session")
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     config = request.config
     budget = config.getoption("--health-budget-ms")
     base_url = config.getoption("--base-url")
+    tuning: dict[str, Any] = {
+        "ws_timeout": config.getoption("--ws-timeout"),
+        "sth_timeout": config.getoption("--sth-timeout"),
+        "rate_limit": config.getoption("--rate-limit"),
+        "issuer": config.getoption("--issuer"),
+        "cleanup_timeout": config.getoption("--cleanup-timeout"),
+    }
     if base_url:
-        yield Target(base_url.rstrip("/"), False, config.getoption("--allow-destructive"), budget)
+        yield Target(base_url.rstrip("/"), False, config.getoption("--allow-destructive"), budget, **tuning)
         return
     with contextlib.ExitStack() as stack:
         env: dict[str, str] = {}
@@ -86,4 +161,76 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         data_dir = Path(tmp_path_factory.mktemp("nexo-contracts"))
         server = LocalServer(data_dir, env, workers=config.getoption("--workers")).start()
         stack.callback(server.stop)
-        yield Target(server.base_url, True, True, budget, server)
+        backend = config.getoption("--backend")
+        yield Target(server.base_url, True, True, budget, server, backend, **tuning)
+
+
+Figure = Callable[[str], None]
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Figure:
+    """``figure("health p95 = 3.1 ms (budget 200 ms)")``: what a test measured, for the report."""
+
+    def record(text: str) -> None:
+        request.node.user_properties.append(("figure", text))
+
+    return record
+
+
+@dataclass
+class Accounts:
+    """Creates throwaway users and deletes every one of them at the end of the run."""
+
+    target: Target
+    created: list[Any] = field(default_factory=list)
+
+    def create(self) -> Any:
+        """A fresh registered and logged-in user (``contracts.client.Account``)."""
+        from contracts.client import Account
+
+        account = Account.create(self.target.base_url)
+        self.created.append(account)
+        return account
+
+    def forget(self, account: Any) -> None:
+        """The test deleted this user itself."""
+        self.created = [a for a in self.created if a is not account]
+
+    def delete_all(self) -> list[str]:
+        """``DELETE /api/me`` for each user; waits out a 429 (``Retry-After``). Returns leftovers."""
+        left: list[str] = []
+        deadline = time.monotonic() + self.target.cleanup_timeout
+        with httpx.Client(timeout=10) as client:
+            for account in self.created:
+                while True:
+                    try:
+                        response = client.delete(self.target.url("/api/me"), headers=account.headers)
+                    except httpx.HTTPError:
+                        left.append(account.username)
+                        break
+                    if response.status_code in (200, 204, 401, 404):
+                        break
+                    wait = _retry_after(response)
+                    if response.status_code != 429 or time.monotonic() + wait > deadline:
+                        left.append(account.username)
+                        break
+                    time.sleep(wait)
+        self.created = []
+        return left
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(0.5, float(response.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
+
+
+@pytest.fixture(scope="session")
+def accounts(target: Target) -> Iterator[Accounts]:
+    registry = Accounts(target)
+    yield registry
+    left = registry.delete_all()
+    if left:
+        print(f"\nnexo contracts: could not delete test users {', '.join(left)}; delete them by hand")

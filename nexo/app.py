@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 from sanic import Request, Sanic
 from sanic.config import Config
 from sanic.response import BaseHTTPResponse
 
-from nexo import db, errors, health, metrics, ratelimit
+from nexo import db, errors, health, logs, metrics, ratelimit
 from nexo.auth import endpoints as auth_endpoints
 from nexo.config import Settings
 from nexo.devices import endpoints as devices_endpoints
@@ -41,7 +44,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",
 }
 
 
@@ -61,11 +63,13 @@ async def prepare_storage(settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> NexoApp:
     """Build the Sanic app. No I/O here: connections open in listeners."""
     if settings is None:
-        import os
-
         settings = Settings.from_env(dev=os.environ.get("NEXO_DEV") == "1")
-    app: NexoApp = Sanic("nexo", ctx=SimpleNamespace(), configure_logging=True)
+    logs.configure(settings.log_level, settings.access_log)
+    app: NexoApp = Sanic("nexo", ctx=SimpleNamespace(), configure_logging=True, request_class=NexoRequest)
     app.ctx.settings = settings
+    app.ctx.response_headers = dict(SECURITY_HEADERS)
+    if settings.tls:
+        app.ctx.response_headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.WEBSOCKET_MAX_SIZE = settings.ws_max_frame_bytes
     app.config.WEBSOCKET_PING_INTERVAL = 20
@@ -74,7 +78,10 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     app.config.ACCESS_LOG = False
     app.config.OAS_UI_DEFAULT = "swagger"
     app.config.OAS_UI_REDOC = False
-    app.config.CORS_ORIGINS = ",".join(settings.cors_origins) if settings.cors_origins else ""
+    app.config.PROXIES_COUNT = settings.trusted_proxies  # X-Forwarded-For/-Proto only when > 0
+    app.config.FORWARDED_SECRET = settings.forwarded_secret  # RFC 7239 Forwarded only with a secret
+    app.config.CORS = bool(settings.cors_origins)
+    app.config.CORS_ORIGINS = ",".join(settings.cors_origins)
     app.ext.openapi.describe(
         "Nexo",
         version=__import__("nexo").__version__,
@@ -96,28 +103,50 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     for feature in FEATURES:
         feature.setup(app)
 
-    app.on_request(_start_request, priority=1000)
     app.on_response(_finish_response, priority=-1000)
     return app
 
 
-async def _start_request(request: Request) -> None:
-    request.ctx.started = time.perf_counter()
-    given = request.headers.get("x-request-id", "")
-    request.ctx.request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+class NexoRequest(Request):
+    """A request that knows when it started and its id, without a middleware pass.
+
+    ``request_id`` is the client's ``X-Request-ID`` when it is short and printable,
+    else a random per-process prefix and a counter (unique, no syscall per request).
+    """
+
+    __slots__ = ("_request_id", "started")
+    _id_prefix = secrets.token_hex(6)
+    _id_counter = itertools.count(1)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = time.perf_counter()
+        self._request_id: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            given = self.headers.get("x-request-id", "")
+            if 0 < len(given) <= 128 and given.isprintable():
+                self._request_id = given
+            else:
+                self._request_id = f"{self._id_prefix}{next(self._id_counter):08x}"
+        return self._request_id
 
 
-async def _finish_response(request: Request, response: BaseHTTPResponse) -> None:
-    request_id = getattr(request.ctx, "request_id", None) or uuid.uuid4().hex
-    response.headers["X-Request-ID"] = request_id
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if request.scheme in {"https", "wss"}:
-        response.headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+_QUIET_PATHS = frozenset({"/api/health", "/metrics"})
+_DOCS_PREFIX = "/docs"
+
+
+async def _finish_response(request: NexoRequest, response: BaseHTTPResponse) -> None:
+    request_id = request.request_id
+    headers = response.headers
+    headers["X-Request-ID"] = request_id
+    if not request.path.startswith(_DOCS_PREFIX):  # the OpenAPI UI needs its scripts
+        headers.update(request.app.ctx.response_headers)
     status = response.status
     metrics.observe(request, status)
-    if access_log.isEnabledFor(logging.INFO):
-        started = getattr(request.ctx, "started", None)
+    if access_log.isEnabledFor(logging.INFO) and (status >= 400 or request.path not in _QUIET_PATHS):
         access_log.info(
             json.dumps(
                 {
@@ -125,7 +154,7 @@ async def _finish_response(request: Request, response: BaseHTTPResponse) -> None
                     "method": request.method,
                     "path": request.path,
                     "status": status,
-                    "ms": round((time.perf_counter() - started) * 1000, 3) if started else None,
+                    "ms": round((time.perf_counter() - request.started) * 1000, 3),
                     "client": request.remote_addr or request.ip,
                 },
                 separators=(",", ":"),

@@ -11,9 +11,10 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
-from nexo import __version__
+from nexo import __version__, contracts_command
 from nexo.config import ConfigError, Settings
 
 EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
@@ -39,6 +40,10 @@ def _apply_server_options(args: argparse.Namespace) -> None:
         os.environ["HOST"] = args.host
     if getattr(args, "workers", None) is not None:
         os.environ["NEXO_WORKERS"] = str(args.workers)
+    if args.cert is not None:
+        os.environ["NEXO_TLS_CERT"] = args.cert
+    if args.key is not None:
+        os.environ["NEXO_TLS_KEY"] = args.key
 
 
 def _run_server(args: argparse.Namespace, *, dev: bool) -> int:
@@ -56,11 +61,7 @@ def _run_server(args: argparse.Namespace, *, dev: bool) -> int:
         settings.check_deployment()
     except ConfigError as exc:
         return fail(str(exc))
-    ssl = None
-    if args.cert or args.key:
-        if not (args.cert and args.key):
-            return fail("--cert and --key go together")
-        ssl = {"cert": args.cert, "key": args.key}
+    ssl = {"cert": str(settings.tls_cert), "key": str(settings.tls_key)} if settings.tls else None
 
     async def preflight() -> None:
         try:
@@ -77,6 +78,9 @@ def _run_server(args: argparse.Namespace, *, dev: bool) -> int:
     except Exception as exc:
         return fail(f"cannot prepare the {settings.database_kind} database: {exc}", EXIT_PROBLEM)
 
+    if settings.workers > 1 or dev:
+        # Workers are fresh processes: they read this before importing prometheus_client.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nexo-metrics-")
     loader = AppLoader(factory=create_app)
     app = loader.load()
     single = settings.workers == 1 and not dev
@@ -196,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Never drops or rewrites data. Safe to run on every deploy.",
     )
     push.set_defaults(handler=cmd_db_push)
+
     def db_usage(_args: argparse.Namespace) -> int:
         db.print_help()
         return EXIT_CONFIG
@@ -209,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Functions that add more subcommands (``register(subparsers)``), one per feature.
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+EXTRA_COMMANDS.append(contracts_command.register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 PLACEHOLDER_SECRETS = frozenset({"change_me", "changeme", "secret", "please_change_me"})
 MIN_SECRET_BYTES = 32
 _RATE_RE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.I)
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
@@ -64,6 +65,8 @@ class Settings:
     auth_rate_limit: RateLimit = RateLimit(30, 60)
     ws_rate_limit: RateLimit = RateLimit(6000, 60)
     trusted_proxies: int = 0
+    forwarded_secret: str | None = None
+    redis_prefix: str = "nexo"
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 30 * 24 * 3600
     login_lockout_threshold: int = 10
@@ -75,6 +78,10 @@ class Settings:
     workers: int = 1
     metrics_token: str | None = None
     cors_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    access_log: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     dev: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -82,6 +89,11 @@ class Settings:
     def database_kind(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return "postgresql" if self.database_url else "sqlite"
+
+    @property
+    def tls(self) -> bool:
+        """True when Nexo itself terminates TLS (``--cert``/``--key``)."""
+        return self.tls_cert is not None
 
     @property
     def sqlite_path(self) -> Path:
@@ -121,6 +133,9 @@ class Settings:
         if redis_url and urlparse(redis_url).scheme not in {"redis", "rediss", "unix"}:
             raise ConfigError(f"REDIS_URL={redis_url!r} must start with redis:// or rediss://")
         workers = _int(env, "NEXO_WORKERS", 1, minimum=1)
+        redis_prefix = env.get("NEXO_REDIS_PREFIX") or "nexo"
+        if not _PREFIX_RE.match(redis_prefix):
+            raise ConfigError(f"NEXO_REDIS_PREFIX={redis_prefix!r}: use 1-64 of letters, digits and _ . : -")
         key_file = env.get("NEXO_SIGNING_KEY_FILE")
         return cls(
             jwt_secret=secret,
@@ -140,6 +155,8 @@ class Settings:
                 env.get("NEXO_WS_RATE_LIMIT") or "6000/minute", "NEXO_WS_RATE_LIMIT"
             ),
             trusted_proxies=_int(env, "NEXO_TRUSTED_PROXIES", 0, minimum=0),
+            forwarded_secret=env.get("NEXO_FORWARDED_SECRET") or None,
+            redis_prefix=redis_prefix,
             access_token_ttl=_int(env, "NEXO_ACCESS_TOKEN_TTL", 3600, minimum=1),
             refresh_token_ttl=_int(env, "NEXO_REFRESH_TOKEN_TTL", 30 * 24 * 3600, minimum=1),
             login_lockout_threshold=_int(env, "NEXO_LOGIN_LOCKOUT_THRESHOLD", 10, minimum=1),
@@ -150,11 +167,20 @@ class Settings:
             workers=workers,
             metrics_token=env.get("NEXO_METRICS_TOKEN") or None,
             cors_origins=tuple(o.strip() for o in env.get("NEXO_CORS_ORIGINS", "").split(",") if o.strip()),
+            log_level=_choice(env, "NEXO_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            access_log=_choice(env, "NEXO_ACCESS_LOG", "1", ("0", "1")) == "1",
+            tls_cert=Path(env["NEXO_TLS_CERT"]) if env.get("NEXO_TLS_CERT") else None,
+            tls_key=Path(env["NEXO_TLS_KEY"]) if env.get("NEXO_TLS_KEY") else None,
             dev=dev,
         )
 
     def check_deployment(self) -> None:
         """Refuse combinations that would silently give wrong answers."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("a TLS certificate and its key go together: give both --cert and --key")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"TLS file {path} does not exist")
         if self.workers > 1 and self.database_kind == "sqlite":
             raise ConfigError(
                 f"SQLite serves one worker process; {self.workers} workers were asked for. "
@@ -203,6 +229,13 @@ def dev_secret(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(secret + "\n")
     return secret
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).upper()
+    if value not in choices:
+        raise ConfigError(f"{name}={env.get(name)!r} must be one of {', '.join(choices)}")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:

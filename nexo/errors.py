@@ -173,6 +173,6 @@ def render(request: Request, exception: Exception) -> HTTPResponse:
         error = NexoError(str(exception) or "bad request", code=ErrorCode.BAD_REQUEST)
         error.status = exception.status_code
         return error_response(error)
-    request_id = getattr(request.ctx, "request_id", "-") if request else "-"
+    request_id = getattr(request, "request_id", "-")
     log.error("unhandled error (request %s)", request_id, exc_info=exception)
     return error_response(NexoError(f"internal error; request id {request_id}"))

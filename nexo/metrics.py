@@ -2,14 +2,29 @@
 
 ``GET /metrics`` serves the text exposition format. When ``NEXO_METRICS_TOKEN``
 is set, it requires ``Authorization: Bearer <that token>``.
+
+With several workers, ``nexo serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
+fresh directory before the workers start, and every worker answers with the
+sum over all workers (prometheus-client's multiprocess mode), so a scrape
+never sees one worker's share only.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 import time
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
@@ -34,12 +49,22 @@ def route_label(request: Request) -> str:
     return "/" + route.path.lstrip("/")
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def observe(request: Request, status: int) -> None:
-    started = getattr(request.ctx, "started", None)
-    route = route_label(request)
-    HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+    """Count the request and its latency (``request.started`` is set by the request class)."""
+    method = request.method if request.method in _METHODS else "OTHER"
+    key = (method, route_label(request), status)
+    children = _children.get(key)
+    if children is None:  # labels() takes a lock; cache the children per label set
+        children = (HTTP_REQUESTS.labels(key[0], key[1], str(status)), HTTP_LATENCY.labels(key[0], key[1]))
+        _children[key] = children
+    children[0].inc()
+    started = getattr(request, "started", None)
     if started is not None:
-        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        children[1].observe(time.perf_counter() - started)
 
 
 @bp.get("/metrics")
@@ -49,4 +74,12 @@ async def metrics(request: Request) -> HTTPResponse:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise Unauthorized("metrics require the configured bearer token")
-    return raw(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    return raw(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def _registry() -> CollectorRegistry:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry

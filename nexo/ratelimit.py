@@ -1,7 +1,308 @@
-"""Rate limiting (DESIGN.md "Rate limiting")."""
+"""Rate limiting (DESIGN.md "Rate limiting"; docs/ratelimit.md).
 
-from sanic import Sanic
+Algorithm: the ``limits`` library's **moving window** (a log of hit timestamps
+per key): at most ``amount`` hits are counted in *any* interval of
+``window_seconds``, so no client gets 200 requests across a window boundary.
+A refused hit is not recorded, so hammering does not extend a lockout.
+
+Storage: in process by default; Redis when ``REDIS_URL`` is set (redis-py,
+one Lua script per hit, so the check-and-record is atomic across every worker
+and instance sharing that Redis). Keys start with ``NEXO_REDIS_PREFIX``.
+When Redis fails, the limiter keeps serving from per-process storage, logs an
+error, counts ``nexo_ratelimit_storage_errors_total`` and retries Redis after
+``REDIS_RETRY_SECONDS``.
+
+The request middleware runs before any handler, so a refused request has no
+side effect. Identity is the user id of a valid access token, else the client
+address (``X-Forwarded-For`` only with ``NEXO_TRUSTED_PROXIES`` > 0, RFC 7239
+``Forwarded`` only with ``NEXO_FORWARDED_SECRET``: Sanic's proxy settings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from prometheus_client import Counter, Gauge
+from sanic import Request, Sanic
+from sanic.response import BaseHTTPResponse
+
+from nexo.config import RateLimit, Settings
+from nexo.errors import TooManyRequests
+from nexo.metrics import route_label
+
+log = logging.getLogger("nexo.ratelimit")
+
+#: After a Redis failure, serve from process memory this long before trying Redis again.
+REDIS_RETRY_SECONDS = 2.0
+#: Redis socket timeouts (seconds): a dead Redis must not stall requests.
+REDIS_CONNECT_TIMEOUT = 0.5
+REDIS_SOCKET_TIMEOUT = 1.0
+
+#: Paths never limited: probes, metrics, API docs and the WebSocket upgrade
+#: (``send`` frames have their own per-user budget, ``Bucket.WS_SEND``).
+EXEMPT_PATHS = frozenset({"/api/health", "/metrics", "/ws"})
+EXEMPT_PREFIXES = ("/docs",)
+#: Anonymous auth endpoints: their own per-address budget (``NEXO_AUTH_RATE_LIMIT``).
+AUTH_PATHS = frozenset({"/api/auth/register", "/api/auth/login", "/api/auth/refresh"})
+
+REFUSED = Counter("nexo_ratelimit_refused_total", "Requests refused by the rate limiter", ["route", "bucket"])
+STORAGE_ERRORS = Counter(
+    "nexo_ratelimit_storage_errors_total", "Rate-limit storage (Redis) failures; served from process memory"
+)
+FALLBACK = Gauge(
+    "nexo_ratelimit_fallback",
+    "1 while a worker limits from process memory instead of Redis",
+    multiprocess_mode="max",
+)
+
+
+class Bucket(StrEnum):
+    """Separate budgets. Values appear in storage keys and metric labels."""
+
+    API = "api"
+    AUTH = "auth"
+    WS_SEND = "ws_send"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one hit. Times are seconds from now.
+
+    ``reset_after``: until at least one more request is allowed again (the
+    oldest counted hit leaves the window), or the whole window when none is
+    counted. ``retry_after``: 0 when allowed, else when to retry.
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+
+
+class _TokenVerifier(Protocol):
+    def verify_access(self, token: str) -> Any: ...
+
+
+def _item(rate: RateLimit) -> RateLimitItem:
+    return RateLimitItemPerSecond(rate.amount, rate.window_seconds)
+
+
+def redis_storage_uri(redis_url: str) -> str:
+    """``redis://...`` → the ``limits`` async scheme (``async+redis://...``)."""
+    if redis_url.startswith("unix://"):
+        return "async+redis+unix://" + redis_url.removeprefix("unix://")
+    return "async+" + redis_url
+
+
+class Limiter:
+    """Moving-window limiter over Redis (shared) or process memory."""
+
+    def __init__(self, redis_url: str | None = None, prefix: str = "nexo") -> None:
+        self.redis_url = redis_url
+        self._memory = MovingWindowRateLimiter(MemoryStorage())
+        self._redis_storage: RedisStorage | None = None
+        self._redis: MovingWindowRateLimiter | None = None
+        if redis_url:
+            self._redis_storage = RedisStorage(
+                redis_storage_uri(redis_url),
+                implementation="redispy",
+                key_prefix=f"{prefix}:ratelimit",
+                wrap_exceptions=True,
+                socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+                socket_timeout=REDIS_SOCKET_TIMEOUT,
+            )
+            self._redis = MovingWindowRateLimiter(self._redis_storage)
+        self._retry_redis_at = 0.0
+        self._failing = False
+        self._items: dict[RateLimit, RateLimitItem] = {}
+
+    @property
+    def backend(self) -> str:
+        """``redis``, ``memory``, or ``memory (redis unreachable)``."""
+        if self._redis is None:
+            return "memory"
+        return "memory (redis unreachable)" if self._failing else "redis"
+
+    async def hit(self, bucket: str, identity: str, rate: RateLimit) -> Decision:
+        """Count one request of ``identity`` against ``bucket`` at ``rate``; never raises."""
+        item = self._items.get(rate)
+        if item is None:
+            item = self._items.setdefault(rate, _item(rate))
+        if self._redis is not None and time.monotonic() >= self._retry_redis_at:
+            try:
+                decision = await _decide(self._redis, item, bucket, identity)
+            except Exception as exc:  # any storage failure: keep serving from memory
+                self._redis_failed(exc)
+            else:
+                if self._failing:
+                    self._failing = False
+                    FALLBACK.set(0)
+                    log.warning("rate limiting: Redis answers again; limits are shared again")
+                return decision
+        return await _decide(self._memory, item, bucket, identity)
+
+    def _redis_failed(self, exc: Exception) -> None:
+        STORAGE_ERRORS.inc()
+        self._retry_redis_at = time.monotonic() + REDIS_RETRY_SECONDS
+        if not self._failing:
+            self._failing = True
+            FALLBACK.set(1)
+            log.error(
+                "rate limiting: Redis is unreachable (%r); limiting per process until it answers",
+                getattr(exc, "storage_error", None) or exc,
+            )
+
+    async def check_redis(self) -> bool:
+        """True when Redis answers (or none is configured)."""
+        if self._redis_storage is None:
+            return True
+        try:
+            return bool(await self._redis_storage.check())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        if self._redis_storage is not None:
+            client = getattr(self._redis_storage.bridge, "storage", None)
+            with contextlib.suppress(Exception):
+                if client is not None:
+                    await client.aclose()
+
+
+async def _decide(
+    limiter: MovingWindowRateLimiter, item: RateLimitItem, bucket: str, identity: str
+) -> Decision:
+    allowed = await limiter.hit(item, bucket, identity)
+    stats = await limiter.get_window_stats(item, bucket, identity)
+    reset_after = max(0.0, stats.reset_time - time.time())
+    return Decision(
+        allowed=allowed,
+        limit=item.amount,
+        remaining=max(0, stats.remaining),
+        reset_after=reset_after,
+        retry_after=0.0 if allowed else max(reset_after, 0.001),
+    )
+
+
+def rate_limit_headers(bucket: str, rate: RateLimit, decision: Decision) -> dict[str, str]:
+    """``RateLimit-Policy``/``RateLimit`` (draft-ietf-httpapi-ratelimit-headers-10) and ``X-RateLimit-*``.
+
+    All reset values are delta seconds, rounded up.
+    """
+    reset = math.ceil(decision.reset_after)
+    return {
+        "RateLimit-Policy": f'"{bucket}";q={rate.amount};w={rate.window_seconds}',
+        "RateLimit": f'"{bucket}";r={decision.remaining};t={reset}',
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Reset": str(reset),
+    }
+
+
+def client_address(request: Request) -> str:
+    """The client address: the trusted proxy's view when configured, else the peer."""
+    return request.remote_addr or request.ip or "unknown"
+
+
+def _token_user(request: Request) -> int | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    tokens: _TokenVerifier | None = getattr(request.app.ctx, "tokens", None)
+    if tokens is None:
+        return None
+    try:
+        return int(tokens.verify_access(token.strip()).user_id)
+    except Exception:  # an invalid token is limited by address; the handler answers 401
+        return None
+
+
+def classify(request: Request, settings: Settings) -> tuple[Bucket, str, RateLimit] | None:
+    """Which budget a request spends, and whose; ``None`` when exempt."""
+    path = request.path
+    if path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES) or request.method == "OPTIONS":
+        return None
+    if path in AUTH_PATHS:
+        return Bucket.AUTH, f"ip:{client_address(request)}", settings.auth_rate_limit
+    user_id = _token_user(request)
+    identity = f"user:{user_id}" if user_id is not None else f"ip:{client_address(request)}"
+    return Bucket.API, identity, settings.rate_limit
+
+
+async def limit_request(request: Request) -> None:
+    """Request middleware: spend one unit of the caller's budget or refuse with 429."""
+    settings: Settings = request.app.ctx.settings
+    target = classify(request, settings)
+    if target is None:
+        return
+    bucket, identity, rate = target
+    decision = await request.app.ctx.limiter.hit(bucket, identity, rate)
+    headers = rate_limit_headers(bucket, rate, decision)
+    request.ctx.rate_limit_headers = headers
+    if not decision.allowed:
+        REFUSED.labels(route_label(request), bucket).inc()
+        raise TooManyRequests(
+            f"rate limit of {rate} exceeded; retry after the Retry-After delay",
+            retry_after=decision.retry_after,
+            headers=headers,
+        )
+
+
+async def add_headers(request: Request, response: BaseHTTPResponse) -> None:
+    headers: dict[str, str] | None = getattr(request.ctx, "rate_limit_headers", None)
+    if headers:
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+
+
+async def prepare(settings: Settings) -> None:
+    """Once, in the main process: say loudly when limits cannot be shared."""
+    if settings.redis_url is None:
+        if settings.workers > 1:
+            log.warning(
+                "\n%s\nRATE LIMITS ARE PER PROCESS: %d workers and no REDIS_URL, so each worker counts "
+                "on its own and a client gets up to %d x %s. Set REDIS_URL to share the limits.\n%s",
+                "!" * 78,
+                settings.workers,
+                settings.workers,
+                settings.rate_limit,
+                "!" * 78,
+            )
+        return
+    limiter = Limiter(settings.redis_url, settings.redis_prefix)
+    try:
+        if not await limiter.check_redis():
+            log.error(
+                "rate limiting: Redis at REDIS_URL does not answer; serving with per-process limits "
+                "until it does"
+            )
+    finally:
+        await limiter.close()
 
 
 def setup(app: Sanic) -> None:
-    """Install the limiter middleware."""
+    """Install the limiter (``app.ctx.limiter``) and its middleware."""
+
+    @app.before_server_start
+    async def open_limiter(app: Sanic) -> None:
+        settings: Settings = app.ctx.settings
+        app.ctx.limiter = Limiter(settings.redis_url, settings.redis_prefix)
+
+    @app.after_server_stop
+    async def close_limiter(app: Sanic) -> None:
+        await app.ctx.limiter.close()
+
+    # After request-id assignment (priority 1000), before every feature's work.
+    app.on_request(limit_request, priority=900)
+    app.on_response(add_headers, priority=900)

@@ -25,6 +25,9 @@ REDIS_URL = os.environ.get("NEXO_TEST_REDIS_URL", DEFAULT_REDIS_URL)
 
 ServerFactory = Callable[..., LocalServer]
 
+#: Budget given to test servers unless a test sets ``NEXO_RATE_LIMIT`` itself.
+TEST_RATE_LIMIT = "100000/minute"
+
 
 @pytest.fixture(scope="session")
 def backend() -> str:
@@ -53,6 +56,10 @@ def server_factory(base_dir: Path) -> Iterator[ServerFactory]:
         nonlocal counter
         counter += 1
         merged = dict(env or {})
+        # Feature tests make far more than 100 requests a minute from one address; the
+        # rate-limit tests (tests/test_ratelimit.py) set the real budgets explicitly.
+        merged.setdefault("NEXO_RATE_LIMIT", TEST_RATE_LIMIT)
+        merged.setdefault("NEXO_AUTH_RATE_LIMIT", TEST_RATE_LIMIT)
         if BACKEND == "postgres" and "DATABASE_URL" not in merged:
             merged["DATABASE_URL"] = database_url or stack.enter_context(scratch_postgres())
         server = LocalServer(base_dir / f"server{counter}", merged, workers=workers, **kwargs)  # type: ignore[arg-type]

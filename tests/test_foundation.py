@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +50,16 @@ def test_errors_are_json(server: LocalServer, method: str, path: str, status: in
     assert response.headers["content-type"].startswith("application/json")
     assert response.json()["error"]["code"] == code
     assert "Traceback" not in response.text
+
+
+def test_access_log_is_one_json_line_per_request(server: LocalServer) -> None:
+    httpx.get(f"{server.base_url}/api/access-log-probe", headers={"X-Request-ID": "probe-42"})
+    deadline = time.monotonic() + 5
+    while "probe-42" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next(line for line in server.log_text().splitlines() if "probe-42" in line)
+    entry = json.loads(line[line.index("{") :])
+    assert entry == {**entry, "request_id": "probe-42", "status": 404, "path": "/api/access-log-probe"}
 
 
 def test_security_headers_on_every_response(server: LocalServer) -> None:
@@ -173,3 +184,19 @@ def test_health_is_degraded_when_postgres_goes_away(make_server: ServerFactory, 
     assert response.status_code == 503
     assert response.json()["status"] == "degraded"
     assert "Traceback" not in response.text
+
+
+def test_metrics_sum_over_workers(make_server: ServerFactory, pg_url: str) -> None:
+    server = make_server({"DATABASE_URL": pg_url}, workers=2)
+    with httpx.Client() as client:
+        for _ in range(40):
+            # A new connection each time, so the kernel spreads them over both workers.
+            client.get(f"{server.base_url}/api/health", headers={"Connection": "close"})
+        text = client.get(f"{server.base_url}/metrics").text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    served = sum(
+        sample.value
+        for sample in families["nexo_http_requests"].samples
+        if sample.name == "nexo_http_requests_total" and sample.labels.get("route") == "/api/health"
+    )
+    assert served >= 40
