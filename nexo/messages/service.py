@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 
-from nexo.errors import ErrorCode, NexoError, NotFound, PayloadTooLarge
+from nexo.errors import ErrorCode, NexoError, NotFound
 from nexo.messages import repository
 from nexo.messages.repository import NewMessage, StoredMessage
 
@@ -40,7 +40,9 @@ RECIPIENT_CACHE_SECONDS = 30.0
 
 ACKED = Counter("nexo_messages_acked_total", "Sends answered with an ack (new and duplicate)")
 STORED = Counter("nexo_messages_stored_total", "Messages stored (new rows)")
-DUPLICATES = Counter("nexo_messages_duplicates_suppressed_total", "Sends that were duplicates of a stored message")
+DUPLICATES = Counter(
+    "nexo_messages_duplicates_suppressed_total", "Sends that were duplicates of a stored message"
+)
 CONFLICTS = Counter("nexo_messages_id_conflicts_total", "Sends refused with message_id_conflict")
 BATCH_SIZE = Histogram(
     "nexo_messages_commit_batch_size",
@@ -72,7 +74,8 @@ class UnknownRecipient(NexoError):
         super().__init__("no such recipient")
 
 
-class BodyTooLarge(PayloadTooLarge):
+class BodyTooLarge(NexoError):
+    status = 413
     code = "body_too_large"
 
 
