@@ -165,7 +165,7 @@ class Connection:
                 raise ConnectionError("websocket is not open")
             for frame in frames:
                 proto.send_text(frame.encode())
-            await ws.send_data(proto.data_to_send())
+            await ws.send_data([b"".join(proto.data_to_send())])
 
 
 class Hub:

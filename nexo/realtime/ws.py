@@ -33,6 +33,7 @@ from nexo.messages.service import MessageWriter, Outcome, RecipientCache, SendRe
 from nexo.ratelimit import Bucket
 from nexo.realtime.broker import LocalBroker, make_broker
 from nexo.realtime.hub import CLOSES, Connection, Hub, on_commit
+from nexo.realtime.inbox import Inbox
 from nexo.realtime.protocol import (
     Auth,
     CloseCode,
@@ -51,6 +52,8 @@ log = logging.getLogger("nexo.realtime")
 
 UNAUTHORIZED_CLOSES = Counter("nexo_ws_unauthorized_closes_total", "Connections closed with 4401")
 SYNC_PAGE = 500
+#: Frames read from the inbox in one go (consecutive sends share one rate-limit hit).
+BURST = 128
 
 bp = Blueprint("realtime")
 
@@ -97,9 +100,10 @@ async def websocket(request: Request, ws: Any) -> None:
     request_id = getattr(request.ctx, "request_id", None) or uuid.uuid4().hex
     conn: Connection | None = None
     hub: Hub = app.ctx.hub
+    inbox = Inbox(ws)
     try:
         try:
-            principal = await _authenticate(request, ws)
+            principal = await _authenticate(request, inbox)
         except Unauthenticated as exc:
             await _close_unauthorized(ws, str(exc))
             return
@@ -107,7 +111,7 @@ async def websocket(request: Request, ws: Any) -> None:
         await hub.add(conn)
         conn.start()
         _arm_expiry(conn, principal.expires_at)
-        await Session(app, conn).run()
+        await Session(app, conn, inbox).run()
     except (ConnectionClosed, asyncio.CancelledError):
         pass
     except Exception:
@@ -121,13 +125,13 @@ async def websocket(request: Request, ws: Any) -> None:
             conn.stop()
 
 
-async def _authenticate(request: Request, ws: Any) -> Principal:
+async def _authenticate(request: Request, inbox: Inbox) -> Principal:
     header = request.headers.get("authorization")
     settings: Settings = request.app.ctx.settings
     if header is not None:
         token = _token_or_reason(header)
     else:
-        first = await ws.recv(timeout=settings.ws_auth_timeout)
+        first = await inbox.get(timeout=settings.ws_auth_timeout)
         if first is None:
             raise Unauthenticated(
                 f"authenticate within {settings.ws_auth_timeout:g} s: Authorization header or auth frame"
@@ -178,8 +182,9 @@ def _arm_expiry(conn: Connection, expires_at: int) -> None:
 class Session:
     """The reader loop of one authenticated connection."""
 
-    def __init__(self, app: Sanic, conn: Connection) -> None:
+    def __init__(self, app: Sanic, conn: Connection, inbox: Inbox) -> None:
         self.app = app
+        self.inbox = inbox
         self.conn = conn
         self.settings: Settings = app.ctx.settings
         self.writer: MessageWriter = app.ctx.message_writer
@@ -189,55 +194,75 @@ class Session:
         self.identity = f"user:{conn.user_id}"
 
     async def run(self) -> None:
-        ws = self.conn.ws
+        """Read frames until the peer closes. Consecutive ``send`` frames that are already
+        queued are rate limited and handed to the writer together."""
+        inbox = self.inbox
         limit = self.settings.message_body_max_bytes
+        post = self.conn.post
         while True:
-            text = await ws.recv()
-            if text is None:
-                return
-            try:
-                frame = parse_frame(text, limit)
+            first = await inbox.get()
+            if first is None:
+                continue
+            burst = [first, *inbox.take_ready(BURST - 1)]
+            sends: list[Send] = []
+            for text in burst:
+                try:
+                    frame = parse_frame(text, limit)
+                except FrameError as exc:
+                    post(error_frame(exc.code, exc.message, exc.message_id))
+                    continue
                 if isinstance(frame, Send):
-                    await self.send(frame)
-                elif isinstance(frame, Sync):
-                    await self.sync(frame.since)
-                elif isinstance(frame, Delivered):
-                    await self.delivered(frame.message_id)
-                elif isinstance(frame, Auth):
-                    if not await self.renew(frame.token):
+                    sends.append(frame)
+                    continue
+                if sends:
+                    await self.send(sends)
+                    sends = []
+                try:
+                    if isinstance(frame, Sync):
+                        await self.sync(frame.since)
+                    elif isinstance(frame, Delivered):
+                        await self.delivered(frame.message_id)
+                    elif isinstance(frame, Auth) and not await self.renew(frame.token):
                         return
-            except FrameError as exc:
-                self.conn.post(error_frame(exc.code, exc.message, exc.message_id))
+                except FrameError as exc:
+                    post(error_frame(exc.code, exc.message, exc.message_id))
+            if sends:
+                await self.send(sends)
 
-    async def send(self, frame: Send) -> None:
+    async def send(self, sends: list[Send]) -> None:
+        """Spend the sender's budget for ``sends`` (all at once when it allows) and queue them."""
         conn = self.conn
         if self.hub.closing:
-            raise FrameError(WsError.UNAVAILABLE, "the server is shutting down; resend", frame.message_id)
-        decision = await self.limiter.hit(Bucket.WS_SEND, self.identity, self.settings.ws_rate_limit)
-        if not decision.allowed:
-            retry = round(decision.retry_after, 3)
-            conn.post(
-                dumps(
-                    {
-                        "type": ServerFrame.ERROR.value,
-                        "code": WsError.RATE_LIMITED.value,
-                        "message": f"send rate limit of {self.settings.ws_rate_limit} exceeded; "
-                        "retry after retry_after seconds",
-                        "message_id": frame.message_id,
-                        "retry_after": retry,
-                    }
+            for frame in sends:
+                conn.post(
+                    error_frame(WsError.UNAVAILABLE, "the server is shutting down; resend", frame.message_id)
                 )
-            )
             return
-        recipient_id = self.recipients.cached(frame.to)
-        if recipient_id is None:
-            recipient_id = await self.recipients.user_id(frame.to)
+        rate = self.settings.ws_rate_limit
+        admitted = sends
+        decision = await self.limiter.hit(Bucket.WS_SEND, self.identity, rate, len(sends))
+        if not decision.allowed:
+            admitted = []
+            for index, frame in enumerate(sends):
+                if len(sends) > 1:
+                    decision = await self.limiter.hit(Bucket.WS_SEND, self.identity, rate)
+                if not decision.allowed:
+                    retry = round(decision.retry_after, 3)
+                    for refused in sends[index:]:
+                        conn.post(_rate_limited(rate, refused.message_id, retry))
+                    break
+                admitted.append(frame)
+        for frame in admitted:
+            recipient_id = self.recipients.cached(frame.to)
             if recipient_id is None:
-                raise FrameError(WsError.UNKNOWN_RECIPIENT, "no such recipient", frame.message_id)
-        message = service.new_message(frame.message_id, conn.user_id, recipient_id, frame.body)
-        self.writer.submit(
-            message, conn.username, frame.to.lower(), functools.partial(_answer, conn, frame.message_id)
-        )
+                recipient_id = await self.recipients.user_id(frame.to)
+                if recipient_id is None:
+                    conn.post(error_frame(WsError.UNKNOWN_RECIPIENT, "no such recipient", frame.message_id))
+                    continue
+            message = service.new_message(frame.message_id, conn.user_id, recipient_id, frame.body)
+            self.writer.submit(
+                message, conn.username, frame.to.lower(), functools.partial(_answer, conn, frame.message_id)
+            )
 
     async def sync(self, since: int) -> None:
         upto = since
@@ -272,18 +297,27 @@ class Session:
         return True
 
 
+def _rate_limited(rate: object, message_id: str, retry_after: float) -> str:
+    return dumps(
+        {
+            "type": ServerFrame.ERROR.value,
+            "code": WsError.RATE_LIMITED.value,
+            "message": f"send rate limit of {rate} exceeded; retry after retry_after seconds",
+            "message_id": message_id,
+            "retry_after": retry_after,
+        }
+    )
+
+
+#: An ``ack`` frame; ``message_id`` is a validated UUID, so no escaping is needed.
+_ACK = '{"type":"ack","message_id":"%s","seq":%d,"server_ts":%d,"duplicate":%s}'
+
+
 def _answer(conn: Connection, message_id: str, outcome: Outcome) -> None:
     if isinstance(outcome, SendResult):
         conn.post(
-            dumps(
-                {
-                    "type": ServerFrame.ACK.value,
-                    "message_id": outcome.message_id,
-                    "seq": outcome.seq,
-                    "server_ts": outcome.server_ts,
-                    "duplicate": outcome.duplicate,
-                }
-            )
+            _ACK
+            % (outcome.message_id, outcome.seq, outcome.server_ts, "true" if outcome.duplicate else "false")
         )
     else:
         conn.post(error_frame(outcome.code, outcome.message, message_id))
