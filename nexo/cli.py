@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
-from nexo import __version__
+from nexo import __version__, contracts_command
 from nexo.config import ConfigError, Settings
 from nexo.ops import commands as ops_commands
 
@@ -214,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Functions that add more subcommands (``register(subparsers)``), one per feature.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    ops_commands.register,
-]
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+EXTRA_COMMANDS.append(contracts_command.register)
+EXTRA_COMMANDS.append(ops_commands.register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

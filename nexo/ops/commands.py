@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nexo.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
 
@@ -19,9 +23,6 @@ def fail(message: str, code: int = EXIT_CONFIG) -> int:
 
 def load_settings(*, dev: bool = False) -> Settings:
     return Settings.from_env(dev=dev)
-
-
-SubParsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def cmd_check_duplicates(args: argparse.Namespace) -> int:

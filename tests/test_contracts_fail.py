@@ -1,0 +1,183 @@
+"""The contract suite fails when a promise is broken (and passes when none is).
+
+Each case puts ``tests/fault_proxy.py`` (or a deliberately misconfigured
+server) in front of a real Nexo, runs the matching contract module against it
+with ``pytest --base-url <proxy> --allow-destructive`` in a subprocess, and
+checks that exactly the expected contract test failed, for the expected reason.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from contracts.server import LocalServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The upstream's budgets: generous for anonymous traffic (several suite runs share
+#: one server and one address), and a per-user limit the suite is told about.
+UPSTREAM_ENV = {"NEXO_AUTH_RATE_LIMIT": "1000/minute", "NEXO_RATE_LIMIT": "300/minute"}
+SUITE_ARGS = ["--allow-destructive", "--rate-limit", "300", "--cleanup-timeout", "0"]
+
+
+def run_contracts(
+    base_url: str, modules: list[str], out: Path, *extra: str
+) -> tuple[int, dict[str, str], str]:
+    """Run contract modules against ``base_url``; return (exit code, {failed test: message}, output)."""
+    xml = out / f"junit-{time.monotonic_ns()}.xml"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *(f"contracts/{m}" for m in modules),
+            "--base-url",
+            base_url,
+            *SUITE_ARGS,
+            *extra,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--junit-xml",
+            str(xml),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    failures: dict[str, str] = {}
+    if xml.exists():
+        for case in ET.parse(xml).getroot().iter("testcase"):  # noqa: S314 - our own report
+            for problem in [*case.iter("failure"), *case.iter("error")]:
+                failures[case.get("name", "?")] = (problem.get("message") or "") + (problem.text or "")
+    return result.returncode, failures, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+@contextmanager
+def fault_proxy(upstream: str, fault: str, log: Path) -> Iterator[str]:
+    port = free_port()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.fault_proxy",
+                "--upstream",
+                upstream,
+                "--port",
+                str(port),
+                "--fault",
+                fault,
+            ],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, f"fault proxy exited:\n{log.read_text()}"
+            try:
+                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"fault proxy did not start:\n{log.read_text()}"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    from tests.conftest import server_factory
+
+    with server_factory(tmp_path_factory.mktemp("upstream")) as make:
+        yield make(UPSTREAM_ENV)
+
+
+ProxyRun = Callable[[str, list[str]], tuple[int, dict[str, str], str]]
+
+
+@pytest.fixture
+def through_proxy(upstream: LocalServer, tmp_path: Path) -> ProxyRun:
+    def run(fault: str, modules: list[str]) -> tuple[int, dict[str, str], str]:
+        with fault_proxy(upstream.base_url, fault, tmp_path / "proxy.log") as url:
+            return run_contracts(url, modules, tmp_path)
+
+    return run
+
+
+# (fault, contract module, the test that must fail, words its message must contain)
+CASES = [
+    ("health_slow", "test_health.py", "test_health_p95_is_under_budget_after_warm_up", "budget"),
+    ("health_missing_field", "test_health.py", "test_health_answers_200_with_runbook_fields", "sth_count"),
+]
+
+
+@pytest.mark.parametrize(("fault", "module", "test", "words"), CASES, ids=[c[0] for c in CASES])
+def test_contract_fails_when_its_promise_is_broken(
+    through_proxy: ProxyRun, fault: str, module: str, test: str, words: str
+) -> None:
+    code, failures, output = through_proxy(fault, [module])
+    assert code == 1, f"expected the contract to fail (exit 1), got {code}:\n{output}"
+    failing = [name for name in failures if name.startswith(test)]
+    assert failing, f"{test} did not fail; failures: {sorted(failures)}\n{output}"
+    assert words in failures[failing[0]], f"{test} failed for another reason:\n{failures[failing[0]]}"
+
+
+def test_every_contract_passes_through_a_transparent_proxy(through_proxy: ProxyRun) -> None:
+    modules = sorted(p.name for p in (ROOT / "contracts").glob("test_*.py"))
+    code, failures, output = through_proxy("none", modules)
+    assert code == 0, f"contracts failed through the transparent proxy: {sorted(failures)}\n{output}"
+
+
+def test_nexo_contracts_prints_one_line_per_promise(upstream: LocalServer, tmp_path: Path) -> None:
+    xml = tmp_path / "report.xml"
+    good = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nexo",
+            "contracts",
+            "--base-url",
+            upstream.base_url,
+            "-k",
+            "health",
+            "--junit-xml",
+            str(xml),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "✓ Health" in good.stdout and "health p95 = " in good.stdout and "(budget 200 ms)" in good.stdout
+    report = ET.parse(xml).getroot()  # noqa: S314 - our own report
+    assert any(p.get("name") == "figure" for p in report.iter("property")), "JUnit XML lacks the figures"
+    with fault_proxy(upstream.base_url, "health_missing_field", tmp_path / "proxy.log") as url:
+        bad = subprocess.run(
+            [sys.executable, "-m", "nexo", "contracts", "--base-url", url, "-k", "health"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "✗ Health" in bad.stdout and "sth_count" in bad.stdout, bad.stdout
