@@ -288,7 +288,7 @@ def read_export(path: Path) -> tuple[dict[str, Any], Iterator[tuple[str, dict[st
     except StopIteration:
         raise TransferError(f"{path} is empty: not a nexo export") from None
     except json.JSONDecodeError:
-        raise TransferError(f"{path} has no nexo export header (corrupted?)") from None
+        raise TransferError(f"{path} is not a valid nexo export (corrupted: no readable header)") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise TransferError(f"{path} is not a nexo export (no {FORMAT!r} header)")
     if header.get("format_version") != FORMAT_VERSION:
@@ -300,7 +300,9 @@ def read_export(path: Path) -> tuple[dict[str, Any], Iterator[tuple[str, dict[st
                 item = json.loads(line)
                 yield item["t"], item["r"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise TransferError(f"{path} line {number} is damaged: not an export row") from None
+                raise TransferError(
+                    f"{path} is not a valid nexo export (corrupted: line {number} is not an export row)"
+                ) from None
 
     return header, rows()
 
