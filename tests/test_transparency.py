@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +14,11 @@ from nexo.transparency import merkle
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.sth import SignedTreeHead
 from tests.conftest import ServerFactory
+
+
+def _key_path(server: LocalServer) -> Path:
+    configured = server.env.get("NEXO_SIGNING_KEY_FILE")
+    return Path(configured) if configured else server.data_dir / "sth_signing.key"
 
 
 def _get(server: LocalServer, path: str, **params: object) -> httpx.Response:
@@ -70,7 +76,7 @@ def test_bad_parameters_are_400_with_a_code(
 
 def test_missing_or_foreign_key_refuses_to_start(make_server: ServerFactory) -> None:
     first = make_server()
-    key_path = first.data_dir / "sth_signing.key"
+    key_path = _key_path(first)
     assert key_path.stat().st_mode & 0o777 == 0o600
     original = _get(first, "/api/log/key").json()
     first.stop()
@@ -84,7 +90,7 @@ def test_missing_or_foreign_key_refuses_to_start(make_server: ServerFactory) -> 
 
     other = make_server()
     other.stop()
-    shutil.copy(other.data_dir / "sth_signing.key", key_path)
+    shutil.copy(_key_path(other), key_path)
     with pytest.raises(ServerFailed) as foreign:
         first.start(timeout=30)
     assert "does not match" in str(foreign.value)
@@ -94,10 +100,8 @@ def test_missing_or_foreign_key_refuses_to_start(make_server: ServerFactory) -> 
     assert _get(first, "/api/log/key").json() == original
 
 
-def test_signing_key_file_setting_and_origin(make_server: ServerFactory, tmp_path: object) -> None:
-    from pathlib import Path
-
-    key_file = Path(str(tmp_path)) / "keys" / "log.pem"
+def test_signing_key_file_setting_and_origin(make_server: ServerFactory, tmp_path: Path) -> None:
+    key_file = tmp_path / "keys" / "log.pem"
     server = make_server({"NEXO_SIGNING_KEY_FILE": str(key_file), "NEXO_LOG_ORIGIN": "example.test/log"})
     assert key_file.exists() and not (server.data_dir / "sth_signing.key").exists()
     info = _get(server, "/api/log/key").json()
