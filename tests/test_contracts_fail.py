@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from contracts.server import LocalServer, free_port
+from tests.conftest import ServerFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The upstream's budgets: generous for anonymous traffic (several suite runs share
@@ -109,30 +110,39 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         yield make(UPSTREAM_ENV)
 
 
-ProxyRun = Callable[[str, list[str]], tuple[int, dict[str, str], str]]
+ProxyRun = Callable[..., tuple[int, dict[str, str], str]]
 
 
 @pytest.fixture
-def through_proxy(upstream: LocalServer, tmp_path: Path) -> ProxyRun:
-    def run(fault: str, modules: list[str]) -> tuple[int, dict[str, str], str]:
-        with fault_proxy(upstream.base_url, fault, tmp_path / "proxy.log") as url:
+def through_proxy(upstream: LocalServer, make_server: ServerFactory, tmp_path: Path) -> ProxyRun:
+    """``run(fault, modules, fresh=False)``: contracts through a fault proxy (``fresh``: new upstream)."""
+
+    def run(fault: str, modules: list[str], fresh: bool = False) -> tuple[int, dict[str, str], str]:
+        server = make_server(UPSTREAM_ENV) if fresh else upstream
+        with fault_proxy(server.base_url, fault, tmp_path / "proxy.log") as url:
             return run_contracts(url, modules, tmp_path)
 
     return run
 
 
-# (fault, contract module, the test that must fail, words its message must contain)
+# (fault, contract module, the test that must fail, words its message must contain, fresh upstream)
 CASES = [
-    ("health_slow", "test_health.py", "test_health_p95_is_under_budget_after_warm_up", "budget"),
-    ("health_missing_field", "test_health.py", "test_health_answers_200_with_runbook_fields", "sth_count"),
+    ("health_slow", "test_health.py", "test_health_p95_is_under_budget_after_warm_up", "budget", False),
+    (
+        "health_missing_field",
+        "test_health.py",
+        "test_health_answers_200_with_runbook_fields",
+        "sth_count",
+        False,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("fault", "module", "test", "words"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("fault", "module", "test", "words", "fresh"), CASES, ids=[c[0] for c in CASES])
 def test_contract_fails_when_its_promise_is_broken(
-    through_proxy: ProxyRun, fault: str, module: str, test: str, words: str
+    through_proxy: ProxyRun, fault: str, module: str, test: str, words: str, fresh: bool
 ) -> None:
-    code, failures, output = through_proxy(fault, [module])
+    code, failures, output = through_proxy(fault, [module], fresh)
     assert code == 1, f"expected the contract to fail (exit 1), got {code}:\n{output}"
     failing = [name for name in failures if name.startswith(test)]
     assert failing, f"{test} did not fail; failures: {sorted(failures)}\n{output}"
