@@ -78,6 +78,8 @@ class Settings:
     workers: int = 1
     metrics_token: str | None = None
     cors_origins: tuple[str, ...] = ()
+    argon2_memory_kib: int = 19456
+    argon2_time_cost: int = 2
     log_level: str = "INFO"
     access_log: bool = True
     tls_cert: Path | None = None
@@ -167,6 +169,8 @@ class Settings:
             workers=workers,
             metrics_token=env.get("NEXO_METRICS_TOKEN") or None,
             cors_origins=tuple(o.strip() for o in env.get("NEXO_CORS_ORIGINS", "").split(",") if o.strip()),
+            argon2_memory_kib=_int(env, "NEXO_ARGON2_MEMORY_KIB", 19456, minimum=8192),
+            argon2_time_cost=_int(env, "NEXO_ARGON2_TIME_COST", 2, minimum=1),
             log_level=_choice(env, "NEXO_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             access_log=_choice(env, "NEXO_ACCESS_LOG", "1", ("0", "1")) == "1",
             tls_cert=Path(env["NEXO_TLS_CERT"]) if env.get("NEXO_TLS_CERT") else None,

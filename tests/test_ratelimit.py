@@ -117,8 +117,11 @@ def test_refusals_are_counted_by_route(proxied: LocalServer) -> None:
 def test_auth_endpoints_have_their_own_budget(proxied: LocalServer) -> None:
     address = _xff("198.51.100.5")
     with httpx.Client(base_url=proxied.base_url, headers=address) as client:
-        for _ in range(30):
-            response = client.post("/api/auth/login", json={"username": "nobody", "password": "x" * 12})
+        # Distinct usernames: ten failures for one username would trip the login lockout instead.
+        for attempt in range(30):
+            response = client.post(
+                "/api/auth/login", json={"username": f"nobody{attempt}", "password": "x" * 12}
+            )
             assert response.status_code != 429
             assert response.headers["ratelimit-policy"] == '"auth";q=30;w=60'
         refused = client.post("/api/auth/login", json={"username": "nobody", "password": "x" * 12})

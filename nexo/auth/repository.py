@@ -1,0 +1,146 @@
+"""Every query of accounts and sessions, named by intent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import IntegrityError
+from tortoise.functions import Min
+from tortoise.transactions import in_transaction
+
+from nexo import counters
+from nexo.auth.models import LoginFailure, RefreshToken, Session, User
+
+
+class UsernameTaken(Exception):
+    """The unique constraint on ``users.username`` refused the insert."""
+
+
+async def create_user(username: str, password_hash: str) -> User:
+    """Insert the user and bump the ``users`` counter in one transaction."""
+    try:
+        async with in_transaction() as conn:
+            user = await User.create(username=username, password_hash=password_hash, using_db=conn)
+            await counters.add("users", 1, using=conn)
+    except IntegrityError:
+        raise UsernameTaken(username) from None
+    return user
+
+
+async def get_by_username(username: str) -> User | None:
+    return await User.get_or_none(username=username.lower())
+
+
+async def get_by_id(user_id: int) -> User | None:
+    return await User.get_or_none(id=user_id)
+
+
+async def delete_user(user_id: int) -> bool:
+    """Remove the user, their sessions and refresh tokens; decrement ``users``."""
+    async with in_transaction() as conn:
+        session_ids = await Session.filter(user_id=user_id).using_db(conn).values_list("id", flat=True)
+        if session_ids:
+            await RefreshToken.filter(session_id__in=list(session_ids)).using_db(conn).delete()
+            await Session.filter(user_id=user_id).using_db(conn).delete()
+        deleted = await User.filter(id=user_id).using_db(conn).delete()
+        if deleted:
+            await counters.add("users", -deleted, using=conn)
+    return bool(deleted)
+
+
+# -- sessions and refresh tokens ------------------------------------------------------------
+
+
+async def create_session(session_id: str, user_id: int, token_hash: str, expires_at: datetime) -> None:
+    async with in_transaction() as conn:
+        await Session.create(id=session_id, user_id=user_id, using_db=conn)
+        await RefreshToken.create(
+            token_hash=token_hash, session_id=session_id, expires_at=expires_at, using_db=conn
+        )
+
+
+async def get_refresh_token(token_hash: str) -> RefreshToken | None:
+    return await RefreshToken.get_or_none(token_hash=token_hash)
+
+
+async def rotate_refresh_token(
+    old_hash: str, new_hash: str, session_id: str, expires_at: datetime, now: datetime
+) -> bool:
+    """Spend ``old_hash`` and add its successor, atomically.
+
+    The conditional update is the guard: of two concurrent refreshes with the
+    same token, exactly one sees one updated row; the other gets False.
+    """
+    async with in_transaction() as conn:
+        spent = (
+            await RefreshToken.filter(token_hash=old_hash, used_at=None).using_db(conn).update(used_at=now)
+        )
+        if spent != 1:
+            return False
+        live = await Session.filter(id=session_id, revoked_at=None).using_db(conn).exists()
+        if not live:
+            return False
+        await RefreshToken.create(
+            token_hash=new_hash, session_id=session_id, expires_at=expires_at, using_db=conn
+        )
+    return True
+
+
+async def revoke_session(session_id: str, reason: str, now: datetime) -> bool:
+    revoked = await Session.filter(id=session_id, revoked_at=None).update(
+        revoked_at=now, revoked_reason=reason
+    )
+    return bool(revoked)
+
+
+async def revoke_user_sessions(user_id: int, reason: str, now: datetime) -> int:
+    return await Session.filter(user_id=user_id, revoked_at=None).update(
+        revoked_at=now, revoked_reason=reason
+    )
+
+
+async def get_session_user(session_id: str) -> User | None:
+    """The user of a live session, or None if the session is revoked or the user is gone."""
+    session = await Session.get_or_none(id=session_id, revoked_at=None)
+    if session is None:
+        return None
+    return await User.get_or_none(id=session.user_id)
+
+
+async def live_session_username(session_id: str, user_id: int) -> str | None:
+    """The username if the session is live and belongs to an existing user, else None."""
+    session = await Session.get_or_none(id=session_id, user_id=user_id, revoked_at=None)
+    if session is None:
+        return None
+    user = await User.get_or_none(id=user_id).only("id", "username")
+    return user.username if user else None
+
+
+# -- failed logins --------------------------------------------------------------------------
+
+
+async def record_login_failure(username: str, address: str, at: datetime) -> None:
+    await LoginFailure.create(username=username, address=address, at=at)
+
+
+async def login_failures_since(username: str, address: str, since: datetime) -> tuple[int, datetime | None]:
+    """How many failures for this pair since ``since``, and the oldest of them."""
+    row = (
+        await LoginFailure.filter(username=username, address=address, at__gte=since)
+        .annotate(oldest=Min("at"))
+        .group_by("username")
+        .values("oldest")
+    )
+    count = await LoginFailure.filter(username=username, address=address, at__gte=since).count()
+    return count, (row[0]["oldest"] if row else None)
+
+
+async def clear_login_failures(
+    username: str, address: str, *, using: BaseDBAsyncClient | None = None
+) -> None:
+    await LoginFailure.filter(username=username, address=address).using_db(using).delete()
+
+
+async def prune_login_failures(before: datetime) -> int:
+    return await LoginFailure.filter(at__lt=before).delete()

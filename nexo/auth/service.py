@@ -1,0 +1,189 @@
+"""Accounts and sessions: register, login, refresh rotation with reuse detection, logout, delete.
+
+Refresh tokens are opaque (256 random bits), stored only as SHA-256, single
+use: each refresh spends the token and returns a new pair in the same session.
+Presenting a spent token again means it was stolen or replayed, so the whole
+session (its refresh family and its access tokens) is revoked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import Counter
+
+from nexo.auth import repository
+from nexo.auth.models import User
+from nexo.auth.passwords import MAX_BYTES, MIN_LENGTH, Passwords
+from nexo.auth.tokens import InvalidToken, TokenService
+from nexo.config import Settings
+from nexo.errors import (
+    BadRequest,
+    Conflict,
+    ErrorCode,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    ValidationFailed,
+)
+
+log = logging.getLogger("nexo.auth")
+
+USERNAME_RE = re.compile(r"^[a-z0-9_.-]{3,32}$")
+
+#: Run by ``DELETE /api/me`` before the user row goes: ``async hook(user_id)``.
+ACCOUNT_DELETION_HOOKS: list[Callable[[int], Awaitable[None]]] = []
+
+FAILED_LOGINS = Counter("nexo_failed_logins_total", "Failed login attempts", ["reason"])
+LOCKED_OUT = Counter("nexo_login_lockouts_total", "Logins refused because of too many failures")
+REFRESH_REUSE = Counter("nexo_refresh_token_reuse_total", "Spent refresh tokens presented again")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+    def body(self) -> dict[str, object]:
+        return {
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "refresh_token": self.refresh_token,
+        }
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def hash_refresh(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def normalize_username(raw: str) -> str:
+    username = raw.strip().lower()
+    if not USERNAME_RE.fullmatch(username):
+        raise ValidationFailed(
+            "username must be 3 to 32 characters of a-z, 0-9, '_', '.' or '-'",
+            details={"fields": [{"field": "username", "problem": "invalid username"}]},
+        )
+    return username
+
+
+def check_password(password: str) -> None:
+    if len(password.encode()) > MAX_BYTES:
+        raise BadRequest(f"password is longer than {MAX_BYTES} bytes", code="password_too_long")
+    if len(password) < MIN_LENGTH:
+        raise ValidationFailed(
+            f"password must be at least {MIN_LENGTH} characters",
+            details={"fields": [{"field": "password", "problem": "too short"}]},
+        )
+
+
+class AuthService:
+    def __init__(self, settings: Settings, tokens: TokenService, passwords: Passwords) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.passwords = passwords
+
+    async def register(self, username: str, password: str) -> User:
+        name = normalize_username(username)
+        check_password(password)
+        password_hash = await self.passwords.hash(password)
+        try:
+            user = await repository.create_user(name, password_hash)
+        except repository.UsernameTaken:
+            raise Conflict(f"the username {name!r} is taken", code=ErrorCode.USERNAME_TAKEN) from None
+        log.info("registered user %s (id %s)", name, user.id)
+        return user
+
+    async def get_user(self, user_id: int) -> User:
+        user = await repository.get_by_id(user_id)
+        if user is None:
+            raise NotFound("no such user")
+        return user
+
+    async def login(self, username: str, password: str, address: str) -> TokenPair:
+        name = username.strip().lower()[:64]
+        now = now_utc()
+        window = timedelta(seconds=self.settings.login_lockout_window)
+        failures, oldest = await repository.login_failures_since(name, address, now - window)
+        if failures >= self.settings.login_lockout_threshold:
+            LOCKED_OUT.inc()
+            retry_after = ((oldest or now) + window - now).total_seconds()
+            log.warning(
+                "login refused: locked out username=%s address=%s failures=%d", name, address, failures
+            )
+            raise TooManyRequests(
+                "too many failed logins for this username from this address; try again later",
+                retry_after=retry_after,
+                code=ErrorCode.TOO_MANY_FAILED_LOGINS,
+            )
+        user = await repository.get_by_username(name) if len(password.encode()) <= MAX_BYTES else None
+        ok = await self.passwords.verify(user.password_hash if user else None, password[:MAX_BYTES])
+        if not ok or user is None:
+            reason = "unknown_user" if user is None else "wrong_password"
+            FAILED_LOGINS.labels(reason).inc()
+            await repository.record_login_failure(name, address, now)
+            log.warning("failed login username=%s address=%s reason=%s", name, address, reason)
+            raise Unauthorized("invalid username or password", code=ErrorCode.INVALID_CREDENTIALS)
+        if failures:
+            await repository.clear_login_failures(name, address)
+        return await self._new_session(user)
+
+    async def _new_session(self, user: User) -> TokenPair:
+        session_id = secrets.token_hex(16)
+        refresh = secrets.token_urlsafe(32)
+        expires = now_utc() + timedelta(seconds=self.settings.refresh_token_ttl)
+        await repository.create_session(session_id, user.id, hash_refresh(refresh), expires)
+        access = self.tokens.issue_access(user.id, user.username, session_id)
+        return TokenPair(access, refresh, self.settings.access_token_ttl)
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        stored = await repository.get_refresh_token(hash_refresh(refresh_token))
+        if stored is None:
+            raise InvalidToken("unknown refresh token")
+        now = now_utc()
+        if stored.used_at is not None:
+            await self._reuse_detected(stored.session_id, now)
+        if stored.expires_at <= now:
+            raise InvalidToken("the refresh token has expired")
+        new_refresh = secrets.token_urlsafe(32)
+        expires = now + timedelta(seconds=self.settings.refresh_token_ttl)
+        rotated = await repository.rotate_refresh_token(
+            stored.token_hash, hash_refresh(new_refresh), stored.session_id, expires, now
+        )
+        if not rotated:
+            # Spent concurrently, or the session is already revoked.
+            await self._reuse_detected(stored.session_id, now)
+        session_user = await repository.get_session_user(stored.session_id)
+        if session_user is None:
+            raise InvalidToken("the session has ended")
+        access = self.tokens.issue_access(session_user.id, session_user.username, stored.session_id)
+        return TokenPair(access, new_refresh, self.settings.access_token_ttl)
+
+    async def _reuse_detected(self, session_id: str, now: datetime) -> None:
+        if await repository.revoke_session(session_id, "refresh_reuse", now):
+            REFRESH_REUSE.inc()
+            log.warning("refresh token reuse: session %s revoked", session_id)
+        raise InvalidToken("the refresh token was already used; the session has been revoked")
+
+    async def logout(self, session_id: str, user_id: int, everywhere: bool) -> int:
+        now = now_utc()
+        if everywhere:
+            return await repository.revoke_user_sessions(user_id, "logout", now)
+        return int(await repository.revoke_session(session_id, "logout", now))
+
+    async def delete_account(self, user_id: int) -> None:
+        for hook in ACCOUNT_DELETION_HOOKS:
+            await hook(user_id)
+        await repository.delete_user(user_id)
+        log.info("deleted user id %s", user_id)

@@ -1,0 +1,130 @@
+"""Access tokens: HS256 JWTs with a ``kid`` naming the secret (DESIGN.md "Configuration").
+
+New tokens are always signed with ``JWT_SECRET``; ``JWT_PREVIOUS_SECRETS`` stay
+valid for verification during a rotation. The ``kid`` header selects the key;
+a token without ``kid`` is checked against ``JWT_SECRET``. Verification pins
+the algorithm list and requires every claim (PyJWT checks a claim only if it
+is present). Pure: no database.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from nexo.config import Settings
+from nexo.errors import ErrorCode, Unauthorized
+
+ALGORITHM = "HS256"
+LEEWAY_SECONDS = 30
+REQUIRED_CLAIMS = ("exp", "iat", "iss", "sub", "jti", "typ", "sid")
+ACCESS = "access"
+
+
+class InvalidToken(Unauthorized):
+    """401 ``invalid_token``; the message says why, without echoing the token."""
+
+    code = ErrorCode.INVALID_TOKEN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, bearer_error="invalid_token")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    """What a verified access token says. Times are Unix seconds."""
+
+    user_id: int
+    username: str
+    session_id: str
+    jti: str
+    iat: int
+    exp: int
+
+
+def key_id(secret: str) -> str:
+    """A short, stable, non-secret name for a secret: 8 bytes of its SHA-256, base64url."""
+    digest = hashlib.sha256(secret.encode()).digest()[:8]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+class TokenService:
+    """Issues and verifies access tokens for one deployment's settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.issuer = settings.jwt_issuer
+        self.ttl = settings.access_token_ttl
+        self.current_kid = key_id(settings.jwt_secret)
+        self._secret = settings.jwt_secret
+        self._keys = {key_id(s): s for s in settings.jwt_previous_secrets}
+        self._keys[self.current_kid] = settings.jwt_secret
+
+    def issue_access(self, user_id: int, username: str, session_id: str, now: float | None = None) -> str:
+        issued = int(now if now is not None else time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": str(user_id),
+            "name": username,
+            "sid": session_id,
+            "iat": issued,
+            "exp": issued + self.ttl,
+            "jti": secrets.token_urlsafe(16),
+            "typ": ACCESS,
+        }
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.current_kid})
+
+    def verify_access(self, token: str) -> AccessClaims:
+        """Check signature, algorithm, issuer, lifetime, type and claims; raise :class:`InvalidToken`."""
+        if not token or token.count(".") != 2:
+            raise InvalidToken("the token is not a JWT")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("the token is not a JWT") from None
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken(f"tokens must be signed with {ALGORITHM}")
+        kid = header.get("kid", self.current_kid)
+        secret = self._keys.get(kid) if isinstance(kid, str) else None
+        if secret is None:
+            raise InvalidToken("the token was signed with an unknown key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                issuer=self.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("the token is not valid yet") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("the token was issued by someone else") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken(f"the token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("the token signature does not verify") from None
+        except jwt.PyJWTError:
+            raise InvalidToken("the token is malformed") from None
+        if claims.get("typ") != ACCESS:
+            raise InvalidToken("this is not an access token")
+        try:
+            user_id = int(claims["sub"])
+            return AccessClaims(
+                user_id=user_id,
+                username=str(claims.get("name", "")),
+                session_id=str(claims["sid"]),
+                jti=str(claims["jti"]),
+                iat=int(claims["iat"]),
+                exp=int(claims["exp"]),
+            )
+        except (TypeError, ValueError):
+            raise InvalidToken("the token's claims are malformed") from None
