@@ -127,14 +127,9 @@ def through_proxy(upstream: LocalServer, make_server: ServerFactory, tmp_path: P
 
 # (fault, contract module, the test that must fail, words its message must contain, fresh upstream)
 CASES = [
-    ("health_slow", "test_health.py", "test_health_p95_is_under_budget_after_warm_up", "budget", False),
-    (
-        "health_missing_field",
-        "test_health.py",
-        "test_health_answers_200_with_runbook_fields",
-        "sth_count",
-        False,
-    ),
+    ("health_slow", "test_health.py", "test_health_p95", "budget", False),
+    ("health_missing_field", "test_health.py", "test_health_answers_200", "sth_count", False),
+    ("no_429", "test_rate_limit.py", "test_the_request_after_the_budget", "expected 429", False),
 ]
 
 
@@ -147,6 +142,25 @@ def test_contract_fails_when_its_promise_is_broken(
     failing = [name for name in failures if name.startswith(test)]
     assert failing, f"{test} did not fail; failures: {sorted(failures)}\n{output}"
     assert words in failures[failing[0]], f"{test} failed for another reason:\n{failures[failing[0]]}"
+
+
+def test_auth_contract_fails_on_two_hour_tokens(make_server: ServerFactory, tmp_path: Path) -> None:
+    server = make_server({**UPSTREAM_ENV, "NEXO_ACCESS_TOKEN_TTL": "7200"})
+    code, failures, output = run_contracts(server.base_url, ["test_auth.py"], tmp_path)
+    assert code == 1, output
+    assert "exp - iat = 7200 s" in failures.get("test_access_tokens_live_one_hour_and_name_the_issuer", ""), (
+        output
+    )
+
+
+def test_auth_contract_fails_on_another_issuer(upstream: LocalServer, tmp_path: Path) -> None:
+    code, failures, output = run_contracts(
+        upstream.base_url, ["test_auth.py"], tmp_path, "--issuer", "nexo-prod"
+    )
+    assert code == 1, output
+    assert "expected 'nexo-prod'" in failures.get(
+        "test_access_tokens_live_one_hour_and_name_the_issuer", ""
+    ), output
 
 
 def test_every_contract_passes_through_a_transparent_proxy(through_proxy: ProxyRun) -> None:
