@@ -7,31 +7,42 @@ the test keeps covering tables that other features add later.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import gzip
 import json
 import os
+import shutil
 import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from tortoise import fields
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.models import Model
 
-from contracts.server import run_nexo
+from contracts.client import Account
+from contracts.server import LocalServer, run_nexo
 from nexo import db
 from nexo.config import Settings
 from nexo.ops import transfer
+from tests.conftest import ServerFactory
 
 ROWS = 2500
 SECRET = "t" * 48
 
 
 def _env(data_dir: Path, database_url: str | None = None) -> dict[str, str]:
-    return {"JWT_SECRET": SECRET, "NEXO_DATA_DIR": str(data_dir), "DATABASE_URL": database_url or ""}
+    # One signing key for every database of a test: the imported chain is signed with it.
+    return {
+        "JWT_SECRET": SECRET,
+        "NEXO_DATA_DIR": str(data_dir),
+        "DATABASE_URL": database_url or "",
+        "NEXO_SIGNING_KEY_FILE": str(data_dir.parent / "sth_signing.key"),
+    }
 
 
 def _settings(data_dir: Path, database_url: str | None = None) -> Settings:
@@ -47,7 +58,7 @@ def _value(field_obj: fields.Field[Any], i: int, previous: dict[str, Any] | None
     if isinstance(field_obj, fields.BooleanField):
         return i % 2 == 0
     if isinstance(field_obj, fields.IntField | fields.BigIntField | fields.SmallIntField):
-        return i * 3 + 7
+        return 1_000_000 + i * 3
     if isinstance(field_obj, fields.FloatField):
         return i / 3
     if isinstance(field_obj, fields.DecimalField):
@@ -69,23 +80,44 @@ def _value(field_obj: fields.Field[Any], i: int, previous: dict[str, Any] | None
 
 def _row(model: type[Model], i: int, previous: dict[str, Any] | None) -> dict[str, Any]:
     meta = model._meta
-    values = {name: _value(meta.fields_map[name], i, previous) for name in meta.fields_db_projection}
-    if meta.db_table == "sths":  # a linked chain, so the post-import chain audit is clean
-        values.update(
-            index=i,
-            tree_size=i * 2,
-            timestamp_ms=1_800_000_000_000 + i,
-            prev_sth_hash=previous["sth_hash"] if previous else bytes(32),
-        )
-    return values
+    return {name: _value(meta.fields_map[name], i, previous) for name in meta.fields_db_projection}
+
+
+#: Tables only a real server fills (a synthetic log would fail the chain audit).
+REAL_ONLY = frozenset({"sths", "log_leaves", "log_nodes", "counters"})
+
+
+def populate_live(server: LocalServer, users: int = 12) -> None:
+    """Real rows through the API: accounts, refresh sessions, devices, revocations (log
+    leaves and signed tree heads), failed logins."""
+    accounts = [Account.create(server.base_url) for _ in range(users)]
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        for n, account in enumerate(accounts):
+            account.relogin()  # a second refresh session
+            ids = []
+            for kind in ("ed25519", "x25519"):
+                key = base64.b64encode(os.urandom(32)).decode()
+                response = client.post(
+                    "/api/devices",
+                    json={"name": f"dévice {n} {kind}", "public_key": key, "key_type": kind},
+                    headers=account.headers,
+                )
+                assert response.status_code == 201, response.text
+                ids.append(response.json()["device"]["id"])
+            if n % 3 == 0:
+                assert client.delete(f"/api/devices/{ids[0]}", headers=account.headers).status_code == 200
+            client.post("/api/auth/login", json={"username": account.username, "password": "wrong-pass"})
 
 
 async def populate(settings: Settings, rows: int = ROWS) -> dict[str, int]:
-    """Fill every model table of the database behind ``settings``."""
+    """Add ``rows`` synthetic rows to every model table but the log's; returns row counts."""
     await db.init_db(settings, create_schema=True)
     counts = {}
     try:
         for info in transfer.tables():
+            if info.table in REAL_ONLY:
+                counts[info.table] = await info.model.all().count()
+                continue
             previous: dict[str, Any] | None = None
             objects = []
             for i in range(rows):
@@ -93,7 +125,7 @@ async def populate(settings: Settings, rows: int = ROWS) -> dict[str, int]:
                 previous = values
                 objects.append(info.model(**values))
             await info.model.bulk_create(objects, batch_size=500)
-            counts[info.table] = rows
+            counts[info.table] = await info.model.all().count()
     finally:
         await _close()
     return counts
@@ -118,9 +150,16 @@ def _run(args: list[str], env: dict[str, str], cwd: Path, expect: int = 0) -> st
     return result.stdout + result.stderr
 
 
-async def test_round_trip_sqlite_postgres_sqlite_is_lossless(tmp_path: Path, pg_url: str) -> None:
-    source = tmp_path / "source"
+async def test_round_trip_sqlite_postgres_sqlite_is_lossless(
+    tmp_path: Path, pg_url: str, make_server: ServerFactory
+) -> None:
+    live = make_server({"DATABASE_URL": ""})
+    populate_live(live)
+    live.stop()
+    source = live.data_dir
+    shutil.copy(source / "sth_signing.key", _env(source)["NEXO_SIGNING_KEY_FILE"])
     counts = await populate(_settings(source))
+    assert counts["sths"] > 10 and counts["log_leaves"] > 20
     first = tmp_path / "first.jsonl.gz"
     out = _run(["db", "export", "--out", str(first)], _env(source), tmp_path)
     assert "exported" in out
@@ -156,7 +195,7 @@ async def test_import_continues_ids_after_the_imported_ones(tmp_path: Path, pg_u
     try:
         for info in transfer.tables():
             meta = info.model._meta
-            if not meta.pk.generated:
+            if not meta.pk.generated or info.table in REAL_ONLY:
                 continue
             newest = await info.model.all().order_by(f"-{meta.pk_attr}").first()
             assert newest is not None
@@ -236,3 +275,32 @@ async def test_check_duplicates_runs_the_runbook_query(tmp_path: Path, pg_url: s
         await _close()
     out = _run(["check-duplicates"], env, tmp_path, expect=1)
     assert "aaaa\t2" in out and "cccc\t2" in out and "bbbb" not in out
+
+
+def test_import_audits_the_chain_with_the_log_key(tmp_path: Path, make_server: ServerFactory) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    live = make_server({"DATABASE_URL": ""})
+    populate_live(live, users=2)
+    live.stop()
+    export = tmp_path / "live.jsonl.gz"
+    source_env = {**_env(live.data_dir), "NEXO_SIGNING_KEY_FILE": str(live.data_dir / "sth_signing.key")}
+    _run(["db", "export", "--out", str(export)], source_env, tmp_path)
+
+    right = {**_env(tmp_path / "right"), "NEXO_SIGNING_KEY_FILE": source_env["NEXO_SIGNING_KEY_FILE"]}
+    assert "chain audit: clean" in _run(["db", "import", str(export)], right, tmp_path)
+
+    missing = {**_env(tmp_path / "missing"), "NEXO_SIGNING_KEY_FILE": str(tmp_path / "nowhere.key")}
+    out = _run(["db", "import", str(export)], missing, tmp_path, expect=1)
+    assert "chain audit FAILED" in out and "no log signing key" in out
+
+    other_key = tmp_path / "other.key"
+    other_key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    wrong = {**_env(tmp_path / "wrong"), "NEXO_SIGNING_KEY_FILE": str(other_key)}
+    out = _run(["db", "import", str(export)], wrong, tmp_path, expect=1)
+    assert "chain audit FAILED" in out and "signature does not verify" in out
