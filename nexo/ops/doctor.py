@@ -114,7 +114,9 @@ class Doctor:
                 await asyncio.wait_for(ws.wait_closed(), 10)
                 code = ws.close_code
         except Exception as exc:
-            return Check("", False, f"{ws_url}: {exc!r}")
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            why = f"the upgrade got HTTP {status}" if status else f"{type(exc).__name__}: {exc}"
+            return Check("", False, f"{ws_url}: {why}"[:300])
         ok = code == 4401
         return Check(
             "", ok, f"{ws_url} accepts the upgrade and closes a bad token with {code} (expected 4401)"
