@@ -7,7 +7,8 @@ keep-alive HTTP/1.1 connections, p50/p99 latency and requests per second of
 - ``GET /api/health`` (exempt: the baseline without the limiter), and
 - ``GET /api/rate-probe`` (an unrouted path: the limiter runs, then a 404),
 
-with a budget too large to be spent (per second, so the moving-window log stays short), so every probe is allowed and counted.
+with a budget too large to be spent (per second, so the moving-window log stays
+short), so every probe is allowed and counted.
 The difference is the limiter's cost. The machine is shared by server and load
 generator; the report says so.
 
