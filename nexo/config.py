@@ -61,6 +61,7 @@ class Settings:
     redis_url: str | None = None
     data_dir: Path = Path("data")
     signing_key_file: Path | None = None
+    log_origin: str = "nexo.local/log"
     rate_limit: RateLimit = RateLimit(100, 60)
     auth_rate_limit: RateLimit = RateLimit(30, 60)
     ws_rate_limit: RateLimit = RateLimit(6000, 60)
@@ -149,6 +150,7 @@ class Settings:
             redis_url=redis_url,
             data_dir=data_dir,
             signing_key_file=Path(key_file) if key_file else None,
+            log_origin=check_log_origin(env.get("NEXO_LOG_ORIGIN") or "nexo.local/log"),
             rate_limit=RateLimit.parse(env.get("NEXO_RATE_LIMIT") or "100/minute", "NEXO_RATE_LIMIT"),
             auth_rate_limit=RateLimit.parse(
                 env.get("NEXO_AUTH_RATE_LIMIT") or "30/minute", "NEXO_AUTH_RATE_LIMIT"
@@ -203,6 +205,16 @@ def check_secret(secret: str, variable: str) -> None:
             f"{variable} is {len(secret.encode())} bytes: it must be at least "
             f"{MIN_SECRET_BYTES} bytes of random data"
         )
+
+
+def check_log_origin(origin: str) -> str:
+    """The log's origin line (C2SP checkpoint): one printable word, no spaces or ``+``."""
+    if not origin.isprintable() or any(c.isspace() or c == "+" for c in origin) or len(origin) > 255:
+        raise ConfigError(
+            f"NEXO_LOG_ORIGIN={origin!r} must be one printable word of at most 255 characters "
+            "without spaces or '+', for example example.com/log"
+        )
+    return origin
 
 
 def check_database_url(url: str) -> None:

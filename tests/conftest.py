@@ -9,6 +9,7 @@ that need Redis.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,6 +63,11 @@ def server_factory(base_dir: Path) -> Iterator[ServerFactory]:
         merged.setdefault("NEXO_AUTH_RATE_LIMIT", TEST_RATE_LIMIT)
         if BACKEND == "postgres" and "DATABASE_URL" not in merged:
             merged["DATABASE_URL"] = database_url or stack.enter_context(scratch_postgres())
+        shared_url = merged.get("DATABASE_URL")
+        if shared_url and "NEXO_SIGNING_KEY_FILE" not in merged:
+            # Servers on one database are one log: they share its signing key, as in production.
+            digest = hashlib.sha256(shared_url.encode()).hexdigest()[:16]
+            merged["NEXO_SIGNING_KEY_FILE"] = str(base_dir / "log-keys" / f"{digest}.pem")
         server = LocalServer(base_dir / f"server{counter}", merged, workers=workers, **kwargs)  # type: ignore[arg-type]
         servers.append(server)
         return server.start() if start else server

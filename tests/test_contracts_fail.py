@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from contracts.server import LocalServer, free_port
+from tests.conftest import ServerFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The upstream's budgets: generous for anonymous traffic (several suite runs share
@@ -109,34 +110,65 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         yield make(UPSTREAM_ENV)
 
 
-ProxyRun = Callable[[str, list[str]], tuple[int, dict[str, str], str]]
+ProxyRun = Callable[..., tuple[int, dict[str, str], str]]
 
 
 @pytest.fixture
-def through_proxy(upstream: LocalServer, tmp_path: Path) -> ProxyRun:
-    def run(fault: str, modules: list[str]) -> tuple[int, dict[str, str], str]:
-        with fault_proxy(upstream.base_url, fault, tmp_path / "proxy.log") as url:
+def through_proxy(upstream: LocalServer, make_server: ServerFactory, tmp_path: Path) -> ProxyRun:
+    """``run(fault, modules, fresh=False)``: contracts through a fault proxy (``fresh``: new upstream)."""
+
+    def run(fault: str, modules: list[str], fresh: bool = False) -> tuple[int, dict[str, str], str]:
+        server = make_server(UPSTREAM_ENV) if fresh else upstream
+        with fault_proxy(server.base_url, fault, tmp_path / "proxy.log") as url:
             return run_contracts(url, modules, tmp_path)
 
     return run
 
 
-# (fault, contract module, the test that must fail, words its message must contain)
+# (fault, contract module, the test that must fail, words its message must contain, fresh upstream)
 CASES = [
-    ("health_slow", "test_health.py", "test_health_p95_is_under_budget_after_warm_up", "budget"),
-    ("health_missing_field", "test_health.py", "test_health_answers_200_with_runbook_fields", "sth_count"),
+    ("health_slow", "test_health.py", "test_health_p95", "budget", False),
+    ("health_missing_field", "test_health.py", "test_health_answers_200", "sth_count", False),
+    ("no_429", "test_rate_limit.py", "test_the_request_after_the_budget", "expected 429", False),
+    (
+        "sth_bad_signature",
+        "test_sth_chain.py",
+        "test_new_sths_step_by_one",
+        "signature does not verify",
+        True,
+    ),
+    ("sth_index_skip", "test_sth_chain.py", "test_new_sths_step_by_one", "index jumps from 0 to 2", True),
 ]
 
 
-@pytest.mark.parametrize(("fault", "module", "test", "words"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("fault", "module", "test", "words", "fresh"), CASES, ids=[c[0] for c in CASES])
 def test_contract_fails_when_its_promise_is_broken(
-    through_proxy: ProxyRun, fault: str, module: str, test: str, words: str
+    through_proxy: ProxyRun, fault: str, module: str, test: str, words: str, fresh: bool
 ) -> None:
-    code, failures, output = through_proxy(fault, [module])
+    code, failures, output = through_proxy(fault, [module], fresh)
     assert code == 1, f"expected the contract to fail (exit 1), got {code}:\n{output}"
     failing = [name for name in failures if name.startswith(test)]
     assert failing, f"{test} did not fail; failures: {sorted(failures)}\n{output}"
     assert words in failures[failing[0]], f"{test} failed for another reason:\n{failures[failing[0]]}"
+
+
+def test_auth_contract_fails_on_two_hour_tokens(make_server: ServerFactory, tmp_path: Path) -> None:
+    server = make_server({**UPSTREAM_ENV, "NEXO_ACCESS_TOKEN_TTL": "7200"})
+    code, failures, output = run_contracts(server.base_url, ["test_auth.py"], tmp_path)
+    assert code == 1, output
+    assert "exp - iat = 7200 s" in failures.get("test_access_tokens_live_one_hour_and_name_the_issuer", ""), (
+        output
+    )
+
+
+def test_auth_contract_fails_on_another_issuer(upstream: LocalServer, tmp_path: Path) -> None:
+    code, failures, output = run_contracts(
+        upstream.base_url, ["test_auth.py"], tmp_path, "--issuer", "nexo-prod"
+    )
+    assert code == 1, output
+    assert "expected 'nexo-prod'" in failures.get(
+        "test_access_tokens_live_one_hour_and_name_the_issuer", ""
+    ), output
 
 
 def test_every_contract_passes_through_a_transparent_proxy(through_proxy: ProxyRun) -> None:

@@ -1,9 +1,144 @@
-"""HTTP endpoints of the devices feature."""
+"""HTTP endpoints of the devices feature (DESIGN.md "HTTP API"). Thin: validate, call, serialize."""
 
-from sanic import Blueprint, Sanic
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from sanic import Blueprint, Request, Sanic
+from sanic.response import HTTPResponse, json
+from sanic_ext import openapi
+
+from nexo.auth.guard import authenticated
+from nexo.auth.service import ACCOUNT_DELETION_HOOKS
+from nexo.devices import service
+from nexo.transparency.endpoints import STHModel
+from nexo.validation import Body, parse_body
 
 bp = Blueprint("devices", url_prefix="/api")
 
 
+class DeviceBody(Body):
+    name: str
+    public_key: str
+    key_type: str
+
+
+class DeviceOut(BaseModel):
+    id: str
+    name: str
+    key_type: str
+    public_key: str
+    created_at: str
+    revoked_at: str | None
+    leaf_index: int
+    revoke_leaf_index: int | None
+
+
+class LogPosition(BaseModel):
+    leaf_index: int
+    leaf_hash: str
+    leaf: str
+
+
+class LoggedDevice(BaseModel):
+    device: DeviceOut
+    log: LogPosition
+    sth: STHModel
+    inclusion_proof: list[str]
+
+
+class DeviceList(BaseModel):
+    devices: list[DeviceOut]
+
+
+class PublicDevice(BaseModel):
+    id: str
+    name: str
+    key_type: str
+    public_key: str
+    created_at: str
+    leaf_index: int
+
+
+class PublicDeviceList(BaseModel):
+    devices: list[PublicDevice]
+
+
 def setup(app: Sanic) -> None:
     app.blueprint(bp)
+
+    @app.before_server_start
+    async def register_device_writers(app: Sanic) -> None:
+        sequencer = app.ctx.sequencer
+        service.register_writers(sequencer)
+
+        async def revoke_devices_of(user_id: int) -> None:
+            await service.revoke_all(sequencer, user_id)
+
+        app.ctx.device_deletion_hook = revoke_devices_of
+        ACCOUNT_DELETION_HOOKS.append(revoke_devices_of)
+
+    @app.after_server_stop
+    async def unregister_hook(app: Sanic) -> None:
+        hook = getattr(app.ctx, "device_deletion_hook", None)
+        if hook in ACCOUNT_DELETION_HOOKS:
+            ACCOUNT_DELETION_HOOKS.remove(hook)
+
+
+def _logged(body: dict[str, Any], status: int) -> HTTPResponse:
+    return json(body, status=status, headers={"Cache-Control": "no-store"})
+
+
+@bp.post("/devices")
+@openapi.summary("Register a device key; answered once its leaf is in a signed tree head")
+@openapi.secured("bearer")
+@openapi.body({"application/json": DeviceBody})
+@openapi.response(201, {"application/json": LoggedDevice})
+@authenticated
+async def register_device(request: Request) -> HTTPResponse:
+    body = parse_body(request, DeviceBody)
+    principal = request.ctx.principal
+    change = await service.register(
+        request.app.ctx.sequencer,
+        principal.user_id,
+        principal.username,
+        body.name,
+        body.public_key,
+        body.key_type,
+    )
+    return _logged(change.body(), 201)
+
+
+@bp.get("/devices")
+@openapi.summary("The caller's devices, revoked ones included")
+@openapi.secured("bearer")
+@openapi.response(200, {"application/json": DeviceList})
+@authenticated
+async def my_devices(request: Request) -> HTTPResponse:
+    return json({"devices": await service.list_mine(request.ctx.principal.user_id)})
+
+
+@bp.delete("/devices/<device_id:str>")
+@openapi.summary("Revoke one of the caller's devices (appends a revoke leaf)")
+@openapi.secured("bearer")
+@openapi.response(200, {"application/json": LoggedDevice})
+@authenticated
+async def revoke_device(request: Request, device_id: str) -> HTTPResponse:
+    principal = request.ctx.principal
+    change = await service.revoke(
+        request.app.ctx.sequencer,
+        principal.user_id,
+        principal.username,
+        service.parse_device_id(device_id),
+    )
+    return _logged(change.body(), 200)
+
+
+@bp.get("/users/<username:str>/devices")
+@openapi.summary("A user's active device keys with their leaf indexes")
+@openapi.secured("bearer")
+@openapi.response(200, {"application/json": PublicDeviceList})
+@authenticated
+async def user_devices(request: Request, username: str) -> HTTPResponse:
+    return json({"devices": await service.list_for_username(username)})

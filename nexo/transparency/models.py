@@ -1,17 +1,55 @@
-"""Tortoise models of the transparency log."""
+"""Tortoise models of the transparency log.
+
+``log_nodes`` holds every complete subtree hash of the Merkle tree, keyed by
+:func:`node_key` ``(level << 48) | index`` (level 0 are the leaf hashes), so
+any proof or root needs only O(log n) primary-key reads (see ``merkle.py``).
+Rows are written once and never changed.
+"""
 
 from tortoise import fields
 from tortoise.models import Model
 
+#: Bits of ``node_key`` reserved for the index within a level (2**48 leaves).
+NODE_INDEX_BITS = 48
+
+
+def node_key(level: int, index: int) -> int:
+    return (level << NODE_INDEX_BITS) | index
+
+
+def node_of_key(key: int) -> tuple[int, int]:
+    return key >> NODE_INDEX_BITS, key & ((1 << NODE_INDEX_BITS) - 1)
+
 
 class SignedTreeHead(Model):
-    index = fields.BigIntField(primary_key=True)
+    index = fields.BigIntField(primary_key=True, generated=False)
     tree_size = fields.BigIntField()
     root_hash = fields.BinaryField()
     timestamp_ms = fields.BigIntField()
     prev_sth_hash = fields.BinaryField()
+    origin = fields.CharField(max_length=255)
     signature = fields.BinaryField()
     sth_hash = fields.BinaryField()
 
     class Meta:
         table = "sths"
+
+
+class LogLeaf(Model):
+    """One leaf's bytes (canonical JSON of a device event)."""
+
+    leaf_index = fields.BigIntField(primary_key=True, generated=False)
+    leaf = fields.BinaryField()
+
+    class Meta:
+        table = "log_leaves"
+
+
+class LogNode(Model):
+    """A complete subtree hash: ``key = (level << 48) | index``."""
+
+    key = fields.BigIntField(primary_key=True, generated=False)
+    hash = fields.BinaryField()
+
+    class Meta:
+        table = "log_nodes"

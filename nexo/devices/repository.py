@@ -1,0 +1,101 @@
+"""Every query of the devices feature, and the log writers that add device rows.
+
+Device rows change only inside the sequencer's transaction (see
+``nexo.transparency.sequencer``), so a device exists exactly when its
+registration leaf does, and is revoked exactly when its revocation leaf is.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.expressions import Q
+
+from nexo.devices.models import Device
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    id: uuid.UUID
+    user_id: int
+    name: str
+    key_type: str
+    public_key: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    device_id: uuid.UUID
+    user_id: int
+    revoked_at: datetime
+
+
+class RegisterWriter:
+    """Inserts the devices of a batch of registration leaves."""
+
+    async def claim(self, conn: BaseDBAsyncClient, payloads: list[NewDevice]) -> list[bool]:
+        return [True] * len(payloads)
+
+    async def write(self, conn: BaseDBAsyncClient, items: list[tuple[NewDevice, int]]) -> None:
+        await Device.bulk_create(
+            [
+                Device(
+                    id=new.id,
+                    user_id=new.user_id,
+                    name=new.name,
+                    key_type=new.key_type,
+                    public_key=new.public_key,
+                    created_at=new.created_at,
+                    leaf_index=leaf_index,
+                )
+                for new, leaf_index in items
+            ],
+            using_db=conn,
+        )
+
+
+class RevokeWriter:
+    """Marks devices revoked; a device already revoked is refused (takes no leaf)."""
+
+    async def claim(self, conn: BaseDBAsyncClient, payloads: list[Revocation]) -> list[bool]:
+        verdicts = []
+        for revocation in payloads:
+            changed = (
+                await Device.filter(id=revocation.device_id, user_id=revocation.user_id, revoked_at=None)
+                .using_db(conn)
+                .update(revoked_at=revocation.revoked_at)
+            )
+            verdicts.append(changed > 0)
+        return verdicts
+
+    async def write(self, conn: BaseDBAsyncClient, items: list[tuple[Revocation, int]]) -> None:
+        for revocation, leaf_index in items:
+            await Device.filter(id=revocation.device_id).using_db(conn).update(revoke_leaf_index=leaf_index)
+
+
+async def get(device_id: uuid.UUID) -> Device | None:
+    return await Device.get_or_none(id=device_id)
+
+
+async def get_owned(device_id: uuid.UUID, user_id: int) -> Device | None:
+    return await Device.get_or_none(id=device_id, user_id=user_id)
+
+
+async def list_for_user(user_id: int) -> list[Device]:
+    return await Device.filter(user_id=user_id).order_by("leaf_index")
+
+
+async def active_for_user(user_id: int) -> list[Device]:
+    return await Device.filter(user_id=user_id, revoked_at=None).order_by("leaf_index")
+
+
+async def changed_since(since: datetime, user_id: int | None = None) -> list[Device]:
+    """Devices registered or revoked at or after ``since``."""
+    query = Device.filter(Q(created_at__gte=since) | Q(revoked_at__gte=since))
+    if user_id is not None:
+        query = query.filter(user_id=user_id)
+    return await query.order_by("leaf_index")

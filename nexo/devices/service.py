@@ -1,0 +1,249 @@
+"""Device keys through the transparency log.
+
+Each registration and revocation is one leaf: the UTF-8 JSON of the event
+with sorted keys and no spaces (DESIGN.md "Transparency log")::
+
+    {"action","device_id","key_type","public_key","timestamp_ms","user_id","username"}
+
+The caller is answered once the leaf is in a signed tree head, with that STH
+and the inclusion proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from nexo.auth import repository as users
+from nexo.devices import repository
+from nexo.devices.models import Device
+from nexo.devices.repository import NewDevice, Revocation
+from nexo.errors import BadRequest, Conflict, NotFound
+from nexo.transparency.sequencer import Rejected, Sequenced, Sequencer
+from nexo.transparency.sth import b64
+
+KEY_BYTES = 32
+REGISTER_KIND = "device.register"
+REVOKE_KIND = "device.revoke"
+
+
+class KeyType(StrEnum):
+    ED25519 = "ed25519"
+    X25519 = "x25519"
+
+
+class Action(StrEnum):
+    REGISTER = "register"
+    REVOKE = "revoke"
+
+
+class DeviceErrorCode(StrEnum):
+    INVALID_PUBLIC_KEY = "invalid_public_key"
+    UNSUPPORTED_KEY_TYPE = "unsupported_key_type"
+    INVALID_DEVICE_NAME = "invalid_device_name"
+    DEVICE_NOT_FOUND = "device_not_found"
+    DEVICE_ALREADY_REVOKED = "device_already_revoked"
+    USER_NOT_FOUND = "user_not_found"
+
+
+def canonical_leaf(event: dict[str, Any]) -> bytes:
+    """Sorted keys, no spaces, UTF-8."""
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def check_public_key(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise BadRequest(
+            "public_key must be standard base64 (with padding)", code=DeviceErrorCode.INVALID_PUBLIC_KEY
+        ) from None
+    if len(raw) != KEY_BYTES:
+        raise BadRequest(
+            f"public_key must be {KEY_BYTES} bytes, not {len(raw)}", code=DeviceErrorCode.INVALID_PUBLIC_KEY
+        )
+    return raw
+
+
+def check_key_type(text: str) -> KeyType:
+    try:
+        return KeyType(text)
+    except ValueError:
+        raise BadRequest(
+            f"key_type must be one of {', '.join(k.value for k in KeyType)}",
+            code=DeviceErrorCode.UNSUPPORTED_KEY_TYPE,
+        ) from None
+
+
+def check_name(text: str) -> str:
+    name = text.strip()
+    if not 1 <= len(name) <= 64 or not name.isprintable():
+        raise BadRequest(
+            "name must be 1 to 64 printable characters", code=DeviceErrorCode.INVALID_DEVICE_NAME
+        )
+    return name
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def device_json(device: Device) -> dict[str, Any]:
+    return {
+        "id": str(device.id),
+        "name": device.name,
+        "key_type": device.key_type,
+        "public_key": device.public_key,
+        "created_at": iso(device.created_at),
+        "revoked_at": iso(device.revoked_at),
+        "leaf_index": device.leaf_index,
+        "revoke_leaf_index": device.revoke_leaf_index,
+    }
+
+
+def public_device_json(device: Device) -> dict[str, Any]:
+    return {
+        "id": str(device.id),
+        "name": device.name,
+        "key_type": device.key_type,
+        "public_key": device.public_key,
+        "created_at": iso(device.created_at),
+        "leaf_index": device.leaf_index,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedChange:
+    device: dict[str, Any]
+    sequenced: Sequenced
+
+    def body(self) -> dict[str, Any]:
+        entry = self.sequenced
+        return {
+            "device": self.device,
+            "log": {
+                "leaf_index": entry.leaf_index,
+                "leaf_hash": b64(entry.leaf_hash),
+                "leaf": b64(entry.leaf),
+            },
+            "sth": entry.sth.to_json(),
+            "inclusion_proof": [b64(h) for h in entry.inclusion_proof],
+        }
+
+
+def register_writers(sequencer: Sequencer) -> None:
+    sequencer.register_writer(REGISTER_KIND, repository.RegisterWriter())
+    sequencer.register_writer(REVOKE_KIND, repository.RevokeWriter())
+
+
+async def register(
+    sequencer: Sequencer, user_id: int, username: str, name: str, public_key: str, key_type: str
+) -> LoggedChange:
+    raw = check_public_key(public_key)
+    kind = check_key_type(key_type)
+    name = check_name(name)
+    now_ms = int(time.time() * 1000)
+    new = NewDevice(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        name=name,
+        key_type=kind.value,
+        public_key=b64(raw),
+        created_at=datetime.fromtimestamp(now_ms / 1000, UTC),
+    )
+    leaf = canonical_leaf(
+        {
+            "action": Action.REGISTER.value,
+            "device_id": str(new.id),
+            "user_id": user_id,
+            "username": username,
+            "key_type": new.key_type,
+            "public_key": new.public_key,
+            "timestamp_ms": now_ms,
+        }
+    )
+    sequenced = await sequencer.submit(REGISTER_KIND, new, leaf)
+    device = {
+        "id": str(new.id),
+        "name": new.name,
+        "key_type": new.key_type,
+        "public_key": new.public_key,
+        "created_at": iso(new.created_at),
+        "revoked_at": None,
+        "leaf_index": sequenced.leaf_index,
+        "revoke_leaf_index": None,
+    }
+    return LoggedChange(device, sequenced)
+
+
+def parse_device_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise NotFound(f"no device {text!r}", code=DeviceErrorCode.DEVICE_NOT_FOUND) from None
+
+
+async def revoke(sequencer: Sequencer, user_id: int, username: str, device_id: uuid.UUID) -> LoggedChange:
+    """Append a ``revoke`` leaf. Someone else's device is 404, as if it did not exist."""
+    device = await repository.get_owned(device_id, user_id)
+    if device is None:
+        raise NotFound(f"no device {device_id}", code=DeviceErrorCode.DEVICE_NOT_FOUND)
+    if device.revoked_at is not None:
+        raise Conflict(f"device {device_id} is already revoked", code=DeviceErrorCode.DEVICE_ALREADY_REVOKED)
+    now_ms = int(time.time() * 1000)
+    leaf = canonical_leaf(
+        {
+            "action": Action.REVOKE.value,
+            "device_id": str(device.id),
+            "user_id": user_id,
+            "username": username,
+            "key_type": device.key_type,
+            "public_key": device.public_key,
+            "timestamp_ms": now_ms,
+        }
+    )
+    revocation = Revocation(device.id, user_id, datetime.fromtimestamp(now_ms / 1000, UTC))
+    try:
+        sequenced = await sequencer.submit(REVOKE_KIND, revocation, leaf)
+    except Rejected:
+        raise Conflict(
+            f"device {device_id} is already revoked", code=DeviceErrorCode.DEVICE_ALREADY_REVOKED
+        ) from None
+    refreshed = await repository.get(device.id)
+    return LoggedChange(device_json(refreshed or device), sequenced)
+
+
+async def revoke_all(sequencer: Sequencer, user_id: int) -> int:
+    """Revoke every active device of a user (account deletion); they share one STH."""
+    user = await users.get_by_id(user_id)
+    username = user.username if user is not None else ""
+    devices = await repository.active_for_user(user_id)
+
+    async def one(device: Device) -> bool:
+        try:
+            await revoke(sequencer, user_id, username, device.id)
+        except (Conflict, NotFound):
+            return False
+        return True
+
+    results = await asyncio.gather(*(one(device) for device in devices))
+    return sum(results)
+
+
+async def list_mine(user_id: int) -> list[dict[str, Any]]:
+    return [device_json(device) for device in await repository.list_for_user(user_id)]
+
+
+async def list_for_username(username: str) -> list[dict[str, Any]]:
+    user = await users.get_by_username(username)
+    if user is None:
+        raise NotFound(f"no user {username!r}", code=DeviceErrorCode.USER_NOT_FOUND)
+    return [public_device_json(device) for device in await repository.active_for_user(user.id)]

@@ -1,0 +1,173 @@
+"""Every query of the transparency log (raw SQL on the hot path, both dialects).
+
+Tables: ``sths`` (the chain), ``log_leaves`` (leaf bytes by index) and
+``log_nodes`` (complete-subtree hashes, see ``models.py``). A proof or root
+reads O(log n) nodes by primary key; an append writes O(batch) leaves and
+O(batch + log n) nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+
+from nexo import counters, db
+from nexo.transparency.models import node_key, node_of_key
+from nexo.transparency.sth import SignedTreeHead, TreeHead
+
+#: ``pg_advisory_xact_lock`` key of the sequencer ("nexo-log").
+SEQUENCER_LOCK_ID = 0x6E65786F2D6C6F67 & 0x7FFFFFFFFFFFFFFF
+
+_STH_COLUMNS = (
+    '"index", tree_size, root_hash, timestamp_ms, prev_sth_hash, origin, signature'  # "index" is a keyword
+)
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _sql(query: str, conn: BaseDBAsyncClient) -> str:
+    """``?`` placeholders for SQLite, ``$n`` for PostgreSQL."""
+    if conn.capabilities.dialect == "postgres":
+        counter = iter(range(1, 10_000))
+        return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", query)
+    return query
+
+
+def _row_to_sth(row: Any) -> SignedTreeHead:
+    return SignedTreeHead(
+        TreeHead(
+            origin=str(row[5]),
+            index=int(row[0]),
+            tree_size=int(row[1]),
+            root_hash=bytes(row[2]),
+            timestamp_ms=int(row[3]),
+            prev_sth_hash=bytes(row[4]),
+        ),
+        bytes(row[6]),
+    )
+
+
+async def _query(sql: str, values: list[Any] | None = None, conn: BaseDBAsyncClient | None = None) -> Any:
+    conn = conn or db.connection()
+    _, rows = await conn.execute_query(_sql(sql, conn), values or [])
+    return rows
+
+
+async def lock_sequencer(conn: BaseDBAsyncClient) -> None:
+    """Make this transaction the only sequencer until it ends.
+
+    PostgreSQL: a transaction-scoped advisory lock, so several workers and
+    instances take turns. SQLite: a write first, which takes the database's
+    single write lock for the rest of the transaction.
+    """
+    if conn.capabilities.dialect == "postgres":
+        await conn.execute_query(f"SELECT pg_advisory_xact_lock({SEQUENCER_LOCK_ID})")
+    else:
+        await conn.execute_query("UPDATE counters SET value = value WHERE name = 'sths'")
+
+
+async def latest_sth(conn: BaseDBAsyncClient | None = None) -> SignedTreeHead | None:
+    rows = await _query(f'SELECT {_STH_COLUMNS} FROM sths ORDER BY "index" DESC LIMIT 1', conn=conn)
+    return _row_to_sth(rows[0]) if rows else None
+
+
+async def get_sth(index: int) -> SignedTreeHead | None:
+    rows = await _query(f'SELECT {_STH_COLUMNS} FROM sths WHERE "index" = ?', [index])
+    return _row_to_sth(rows[0]) if rows else None
+
+
+async def list_sths(start: int, limit: int) -> list[SignedTreeHead]:
+    rows = await _query(
+        f'SELECT {_STH_COLUMNS} FROM sths WHERE "index" >= ? ORDER BY "index" LIMIT ?',
+        [start, limit],
+    )
+    return [_row_to_sth(row) for row in rows]
+
+
+async def iter_sths(batch: int = 5000) -> Any:
+    """Every STH in index order, ``batch`` rows per query (for the audit)."""
+    last = -1
+    while True:
+        rows = await _query(
+            f'SELECT {_STH_COLUMNS} FROM sths WHERE "index" > ? ORDER BY "index" LIMIT ?',
+            [last, batch],
+        )
+        if not rows:
+            return
+        for row in rows:
+            yield _row_to_sth(row)
+        last = int(rows[-1][0])
+
+
+async def add_sth(conn: BaseDBAsyncClient, sth: SignedTreeHead) -> None:
+    await conn.execute_query(
+        _sql(f"INSERT INTO sths ({_STH_COLUMNS}, sth_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", conn),
+        [
+            sth.index,
+            sth.tree_size,
+            sth.root_hash,
+            sth.timestamp_ms,
+            sth.prev_sth_hash,
+            sth.origin,
+            sth.signature,
+            sth.sth_hash,
+        ],
+    )
+
+
+async def get_nodes(
+    wanted: Iterable[tuple[int, int]], conn: BaseDBAsyncClient | None = None
+) -> dict[tuple[int, int], bytes]:
+    """The stored hashes of these complete subtrees (missing ones are absent)."""
+    keys = sorted({node_key(level, index) for level, index in wanted})
+    if not keys:
+        return {}
+    conn = conn or db.connection()
+    if conn.capabilities.dialect == "postgres":
+        rows = await _query("SELECT key, hash FROM log_nodes WHERE key = ANY($1::bigint[])", [keys], conn)
+    else:
+        marks = ",".join("?" * len(keys))
+        rows = await _query(f"SELECT key, hash FROM log_nodes WHERE key IN ({marks})", keys, conn)
+    return {node_of_key(int(row[0])): bytes(row[1]) for row in rows}
+
+
+async def append(
+    conn: BaseDBAsyncClient, first_index: int, leaves: Sequence[bytes], nodes: Mapping[tuple[int, int], bytes]
+) -> None:
+    """Write a batch of leaves (from ``first_index``) and the subtree hashes they complete."""
+    await conn.execute_many(
+        _sql("INSERT INTO log_leaves (leaf_index, leaf) VALUES (?, ?)", conn),
+        [[first_index + offset, leaf] for offset, leaf in enumerate(leaves)],
+    )
+    await conn.execute_many(
+        _sql("INSERT INTO log_nodes (key, hash) VALUES (?, ?)", conn),
+        [[node_key(level, index), value] for (level, index), value in nodes.items()],
+    )
+
+
+async def bump_sth_counters(conn: BaseDBAsyncClient, sth: SignedTreeHead) -> None:
+    """Same transaction as the STH row: health's ``sth_count`` and latest timestamp."""
+    await counters.add("sths", 1, using=conn)
+    await counters.set_value("sth_latest_timestamp_ms", sth.timestamp_ms, using=conn)
+
+
+async def entries(start: int, end: int) -> list[tuple[int, bytes]]:
+    """Leaves ``start..end`` inclusive, by index."""
+    rows = await _query(
+        "SELECT leaf_index, leaf FROM log_leaves WHERE leaf_index >= ? AND leaf_index <= ? "
+        "ORDER BY leaf_index",
+        [start, end],
+    )
+    return [(int(row[0]), bytes(row[1])) for row in rows]
+
+
+async def leaf_count() -> int:
+    rows = await _query("SELECT COUNT(*) FROM log_leaves")
+    return int(rows[0][0])
+
+
+async def node_count() -> int:
+    rows = await _query("SELECT COUNT(*) FROM log_nodes")
+    return int(rows[0][0])
