@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from nexo import __version__, contracts_command
 from nexo.config import ConfigError, Settings
 from nexo.devices import commands as devices_commands
+from nexo.ops import commands as ops_commands
 from nexo.transparency import commands as transparency_commands
 
 EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
@@ -219,6 +220,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParse
 EXTRA_COMMANDS.append(contracts_command.register)
 EXTRA_COMMANDS.append(transparency_commands.register)
 EXTRA_COMMANDS.append(devices_commands.register)
+EXTRA_COMMANDS.append(ops_commands.register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

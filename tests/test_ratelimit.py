@@ -16,7 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.server import LocalServer, free_port
+from contracts.client import Account, new_password, new_username
+from contracts.server import LocalServer, free_port, random_secret
 from tests.conftest import REDIS_URL, ServerFactory
 
 PROBE = "/api/rate-probe"
@@ -133,6 +134,47 @@ def test_auth_endpoints_have_their_own_budget(proxied: LocalServer) -> None:
         assert api.headers["x-ratelimit-remaining"] == "99"
 
 
+def test_a_user_has_one_budget_wherever_they_come_from(proxied: LocalServer) -> None:
+    alice, bob = Account.create(proxied.base_url), Account.create(proxied.base_url)
+    with httpx.Client(base_url=proxied.base_url) as client:
+        for i in range(100):
+            # The token, not the address, is the identity: alice moves between addresses.
+            response = client.get("/api/me", headers={**alice.headers, **_xff(f"192.0.2.{i % 50}")})
+            assert response.status_code == 200, response.text
+            assert response.headers["x-ratelimit-remaining"] == str(99 - i)
+        refused = client.get("/api/me", headers={**alice.headers, **_xff("192.0.2.99")})
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert int(refused.headers["retry-after"]) >= 1
+        # Bob, and anonymous clients at the addresses alice used, are unaffected.
+        other = client.get("/api/me", headers={**bob.headers, **_xff("192.0.2.1")})
+        assert other.status_code == 200
+        assert other.headers["x-ratelimit-remaining"] == "99"
+        anonymous = client.get(PROBE, headers=_xff("192.0.2.1"))
+        assert anonymous.status_code == 404
+        assert anonymous.headers["x-ratelimit-remaining"] == "99"
+        # A forged token is limited by address and answered 401 by the handler.
+        forged = client.get("/api/me", headers={"Authorization": "Bearer x.y.z", **_xff("192.0.2.200")})
+        assert forged.status_code == 401
+        assert forged.headers["x-ratelimit-remaining"] == "99"
+
+
+def test_a_refused_register_creates_no_user(short: LocalServer) -> None:
+    def users() -> int:
+        time.sleep(0.6)  # health reads the maintained counters every 0.25 s
+        return int(httpx.get(f"{short.base_url}/api/health").json()["users_count"])
+
+    before = users()
+    names = [new_username("rl") for _ in range(4)]
+    with httpx.Client(base_url=short.base_url) as client:
+        statuses = [
+            client.post("/api/auth/register", json={"username": n, "password": new_password()}).status_code
+            for n in names
+        ]
+    assert statuses == [201, 201, 201, 429]
+    assert users() == before + 3
+
+
 def test_budget_comes_back_after_the_window(short: LocalServer) -> None:
     with httpx.Client(base_url=short.base_url) as client:
         statuses = [client.get(PROBE).status_code for _ in range(6)]
@@ -195,7 +237,7 @@ async def _burst(urls: list[str], total: int, headers: dict[str, str]) -> list[i
 
         async def one(i: int) -> int:
             await start.wait()
-            response = await client.get(f"{urls[i % len(urls)]}{PROBE}", headers=headers)
+            response = await client.get(f"{urls[i % len(urls)]}/api/me", headers=headers)
             return response.status_code
 
         tasks = [asyncio.create_task(one(i)) for i in range(total)]
@@ -206,6 +248,7 @@ async def _burst(urls: list[str], total: int, headers: dict[str, str]) -> list[i
 
 def test_exact_across_workers_and_instances_with_redis(make_server: ServerFactory, pg_url: str) -> None:
     env = {
+        "JWT_SECRET": random_secret(),
         "DATABASE_URL": pg_url,
         "REDIS_URL": REDIS_URL,
         "NEXO_REDIS_PREFIX": _prefix(),
@@ -214,6 +257,7 @@ def test_exact_across_workers_and_instances_with_redis(make_server: ServerFactor
     first = make_server(env, workers=2)
     second = make_server(env, workers=2)
     assert "RATE LIMITS ARE PER PROCESS" not in first.log_text()
-    statuses = asyncio.run(_burst([first.base_url, second.base_url], 150, {}))
-    assert statuses.count(404) == 100, statuses
+    user = Account.create(first.base_url)
+    statuses = asyncio.run(_burst([first.base_url, second.base_url], 150, user.headers))
+    assert statuses.count(200) == 100, statuses
     assert statuses.count(429) == 50
