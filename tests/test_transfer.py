@@ -25,13 +25,25 @@ from contracts.server import run_nexo
 from nexo import db
 from nexo.config import Settings
 from nexo.ops import transfer
+from nexo.transparency import sth as sth_mod
+from nexo.transparency.keys import create_key
+from nexo.transparency.merkle import MemoryTree
+from nexo.transparency.models import LogLeaf, LogNode, node_key
+from nexo.transparency.models import SignedTreeHead as STHRow
 
 ROWS = 2500
 SECRET = "t" * 48
 
 
 def _env(data_dir: Path, database_url: str | None = None) -> dict[str, str]:
-    return {"JWT_SECRET": SECRET, "NEXO_DATA_DIR": str(data_dir), "DATABASE_URL": database_url or ""}
+    # Every database of one test holds the same log, so they share its signing key (as an
+    # operator migrating SQLite -> PostgreSQL keeps the key file).
+    return {
+        "JWT_SECRET": SECRET,
+        "NEXO_DATA_DIR": str(data_dir),
+        "DATABASE_URL": database_url or "",
+        "NEXO_SIGNING_KEY_FILE": str(data_dir.parent / "log-signing.key"),
+    }
 
 
 def _settings(data_dir: Path, database_url: str | None = None) -> Settings:
@@ -70,14 +82,52 @@ def _value(field_obj: fields.Field[Any], i: int, previous: dict[str, Any] | None
 def _row(model: type[Model], i: int, previous: dict[str, Any] | None) -> dict[str, Any]:
     meta = model._meta
     values = {name: _value(meta.fields_map[name], i, previous) for name in meta.fields_db_projection}
-    if meta.db_table == "sths":  # a linked chain, so the post-import chain audit is clean
-        values.update(
-            index=i,
-            tree_size=i * 2,
-            timestamp_ms=1_800_000_000_000 + i,
-            prev_sth_hash=previous["sth_hash"] if previous else bytes(32),
-        )
     return values
+
+
+LOG_TABLES = ("sths", "log_leaves", "log_nodes")
+
+
+async def _signed_log(settings: Settings, rows: int) -> dict[str, int]:
+    """A genuine log (so the post-import full chain audit is clean): STH i holds i leaves."""
+    key = create_key(settings.signing_key_path)
+    tree = MemoryTree()
+    leaves, heads = [], [sth_mod.sign(sth_mod.genesis_head(settings.log_origin, 1_800_000_000_000), key)]
+    for i in range(rows - 1):
+        leaf = json.dumps(
+            {"action": "register", "i": i, "ü": "é"},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        leaves.append(LogLeaf(leaf_index=i, leaf=leaf.encode()))
+        tree.append(leaf.encode())
+        head = sth_mod.next_head(heads[-1], tree.size, tree.root(), 1_800_000_000_000 + i)
+        heads.append(sth_mod.sign(head, key))
+    nodes = [
+        LogNode(key=node_key(level, index), hash=value)
+        for level, row in enumerate(tree.levels)
+        for index, value in enumerate(row)
+    ]
+    await LogLeaf.bulk_create(leaves, batch_size=500)
+    await LogNode.bulk_create(nodes, batch_size=500)
+    await STHRow.bulk_create(
+        [
+            STHRow(
+                index=h.index,
+                tree_size=h.tree_size,
+                root_hash=h.root_hash,
+                timestamp_ms=h.timestamp_ms,
+                prev_sth_hash=h.prev_sth_hash,
+                origin=h.origin,
+                signature=h.signature,
+                sth_hash=h.sth_hash,
+            )
+            for h in heads
+        ],
+        batch_size=500,
+    )
+    return {"sths": len(heads), "log_leaves": len(leaves), "log_nodes": len(nodes)}
 
 
 async def populate(settings: Settings, rows: int = ROWS) -> dict[str, int]:
@@ -85,7 +135,10 @@ async def populate(settings: Settings, rows: int = ROWS) -> dict[str, int]:
     await db.init_db(settings, create_schema=True)
     counts = {}
     try:
+        counts.update(await _signed_log(settings, rows))
         for info in transfer.tables():
+            if info.table in LOG_TABLES:
+                continue
             previous: dict[str, Any] | None = None
             objects = []
             for i in range(rows):

@@ -175,8 +175,12 @@ def _canonical(leaf: bytes) -> bool:
         event = json.loads(leaf)
     except ValueError:
         return False
-    return isinstance(event, dict) and (
-        json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() == leaf
+    if not isinstance(event, dict):
+        return False
+    # Sorted keys, no spaces; non-ASCII either raw UTF-8 (what Nexo writes) or \u-escaped.
+    return any(
+        json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only).encode() == leaf
+        for ascii_only in (False, True)
     )
 
 
