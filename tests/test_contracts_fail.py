@@ -130,6 +130,14 @@ CASES = [
     ("health_slow", "test_health.py", "test_health_p95", "budget", False),
     ("health_missing_field", "test_health.py", "test_health_answers_200", "sth_count", False),
     ("no_429", "test_rate_limit.py", "test_the_request_after_the_budget", "expected 429", False),
+    (
+        "sth_bad_signature",
+        "test_sth_chain.py",
+        "test_new_sths_step_by_one",
+        "signature does not verify",
+        True,
+    ),
+    ("sth_index_skip", "test_sth_chain.py", "test_new_sths_step_by_one", "index jumps from 0 to 2", True),
 ]
 
 

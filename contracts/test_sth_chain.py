@@ -1,0 +1,194 @@
+"""Runbook "STH chain index incrementing" and "Check STH chain for anomalies".
+
+Registering a device makes ``sth_count`` grow; every new STH's index steps by
+one from its predecessor, links to its ``sth_hash``, verifies with the key
+published at ``/api/log/key``, and a consistency proof ties neighbouring trees;
+the new leaf's inclusion proof verifies against the STH it was answered with.
+All checking is done by ``contracts.verify`` (DESIGN.md + RFC 9162), never by
+the server's own code.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from contracts import verify
+from contracts.conftest import Accounts, Figure, Target
+from contracts.wire import get_json, poll
+
+
+@pytest.fixture(scope="module")
+def client(target: Target) -> Any:
+    with httpx.Client(timeout=10) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def log_key(target: Target, client: httpx.Client) -> dict[str, Any]:
+    key = get_json(client, target.url("/api/log/key"))
+    assert key.get("algorithm") == "Ed25519", f"log key algorithm {key.get('algorithm')!r}"
+    raw = verify.b64(key["public_key"])
+    assert len(raw) == 32, "Ed25519 public keys are 32 bytes"
+    assert verify.b64(key["key_id"]) == verify.key_id(key["origin"], raw), (
+        "key_id is not SHA-256(origin || 0x0A || 0x01 || public_key)[:4]"
+    )
+    return key
+
+
+@pytest.fixture(scope="module")
+def registration(
+    target: Target, accounts: Accounts, client: httpx.Client, log_key: dict[str, Any]
+) -> dict[str, Any]:
+    """Register one device; remember the chain and health before and after."""
+    before_health = get_json(client, target.url("/api/health"))
+    before = get_json(client, target.url("/api/sth/latest"))
+    account = accounts.create()
+    public = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    body = {"name": "contract-device", "public_key": base64.b64encode(public).decode(), "key_type": "ed25519"}
+    response = client.post(target.url("/api/devices"), json=body, headers=account.headers)
+    assert response.status_code == 201, f"POST /api/devices -> {response.status_code} {response.text[:300]}"
+
+    def grown() -> dict[str, Any] | None:
+        health = get_json(client, target.url("/api/health"))
+        return health if health["sth_count"] > before_health["sth_count"] else None
+
+    after_health = poll(grown, target.sth_timeout, 0.1)
+    return {
+        "account": account,
+        "public_key": body["public_key"],
+        "answer": response.json(),
+        "before": before,
+        "before_health": before_health,
+        "after_health": after_health,
+    }
+
+
+def _chain(target: Target, client: httpx.Client, start: int, end: int) -> list[dict[str, Any]]:
+    sths: list[dict[str, Any]] = []
+    while start <= end:
+        page = get_json(
+            client, target.url("/api/sth"), params={"start": start, "limit": min(1000, end - start + 1)}
+        )
+        got = page["sths"]
+        assert got, f"GET /api/sth?start={start} returned nothing, the latest index is {end}"
+        sths.extend(got)
+        start = int(got[-1]["index"]) + 1
+    return sths
+
+
+def test_sth_count_grows_after_a_device_registration(
+    target: Target, registration: dict[str, Any], figure: Figure
+) -> None:
+    before = registration["before_health"]["sth_count"]
+    after = registration["after_health"]
+    figure(
+        f"sth_count {before} -> {after['sth_count'] if after else 'unchanged'} within {target.sth_timeout} s",
+    )
+    assert after, f"health sth_count stayed {before} for {target.sth_timeout} s after a device registration"
+
+
+def test_new_sths_step_by_one_link_and_verify(
+    target: Target,
+    client: httpx.Client,
+    registration: dict[str, Any],
+    log_key: dict[str, Any],
+    figure: Figure,
+) -> None:
+    before = registration["before"]
+    answered = registration["answer"]["sth"]
+    latest = get_json(client, target.url("/api/sth/latest"))
+    assert int(latest["index"]) >= int(answered["index"]) > int(before["index"]), (
+        f"STH index did not advance: before {before['index']}, "
+        f"answered {answered['index']}, latest {latest['index']}"
+    )
+    chain = _chain(target, client, int(before["index"]), int(latest["index"]))
+    public_key = verify.b64(log_key["public_key"])
+    assert chain[0] == before, f"GET /api/sth?start={before['index']} disagrees with the STH served before"
+    if int(chain[0]["index"]) == 0:
+        verify.verify_genesis(chain[0])
+    verify.verify_sth(chain[0], public_key)
+    for prev, cur in itertools.pairwise(chain):
+        assert cur["origin"] == log_key["origin"], f"STH {cur['index']} has origin {cur['origin']!r}"
+        verify.verify_link(prev, cur)
+        verify.verify_sth(cur, public_key)
+        first, second = int(prev["tree_size"]), int(cur["tree_size"])
+        if first > 0:
+            proof = get_json(
+                client, target.url("/api/log/proof/consistency"), params={"first": first, "second": second}
+            )
+            verify.verify_consistency(
+                first,
+                second,
+                verify.b64(prev["root_hash"]),
+                verify.b64(cur["root_hash"]),
+                [verify.b64(h) for h in proof["consistency_path"]],
+            )
+    by_index = {int(s["index"]): s for s in chain}
+    assert by_index.get(int(answered["index"])) == answered, (
+        "the STH in the registration answer is not in the chain"
+    )
+    figure(
+        f"STH {before['index']} -> {latest['index']}: {len(chain) - 1} new; "
+        "signatures, links and proofs verify",
+    )
+
+
+def test_the_new_leaf_is_included_and_describes_the_device(
+    target: Target, client: httpx.Client, registration: dict[str, Any], log_key: dict[str, Any]
+) -> None:
+    answer = registration["answer"]
+    sth, proof = answer["sth"], answer["inclusion_proof"]
+    index = int(answer["log"]["leaf_index"])
+    verify.verify_sth(sth, verify.b64(log_key["public_key"]))
+    entries = get_json(client, target.url("/api/log/entries"), params={"start": index, "end": index})[
+        "entries"
+    ]
+    assert len(entries) == 1 and int(entries[0]["leaf_index"]) == index, f"log entry {index}: {entries}"
+    leaf = verify.b64(entries[0]["leaf"])
+    leaf_hash = verify.leaf_hash(leaf)
+    assert verify.b64(answer["log"]["leaf_hash"]) == leaf_hash, "leaf_hash is not SHA-256(0x00 || leaf)"
+    assert verify.b64(entries[0]["leaf_hash"]) == leaf_hash, (
+        "the entry's leaf_hash is not SHA-256(0x00 || leaf)"
+    )
+    event = json.loads(leaf)
+    assert leaf == json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(), (
+        "a leaf is JSON with sorted keys and no spaces"
+    )
+    assert event["action"] == "register" and event["public_key"] == registration["public_key"], event
+    assert event["username"] == registration["account"].username, event
+    # DESIGN.md leaves the shape open: the audit path itself, or the proof endpoint's object.
+    if isinstance(proof, dict):
+        assert int(proof.get("leaf_index", index)) == index, "inclusion proof for another leaf"
+        assert int(proof.get("tree_size", sth["tree_size"])) == int(sth["tree_size"]), (
+            "proof and STH sizes differ"
+        )
+        proof = proof["audit_path"]
+    verify.verify_inclusion(
+        index,
+        int(sth["tree_size"]),
+        leaf_hash,
+        [verify.b64(h) for h in proof],
+        verify.b64(sth["root_hash"]),
+    )
+    # The same proof from the proof endpoint, against the latest tree.
+    latest = get_json(client, target.url("/api/sth/latest"))
+    fresh = get_json(
+        client,
+        target.url("/api/log/proof/inclusion"),
+        params={"leaf_index": index, "tree_size": latest["tree_size"]},
+    )
+    verify.verify_inclusion(
+        index,
+        int(latest["tree_size"]),
+        leaf_hash,
+        [verify.b64(h) for h in fresh["audit_path"]],
+        verify.b64(latest["root_hash"]),
+    )
