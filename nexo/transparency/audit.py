@@ -417,12 +417,19 @@ async def audit_url_summary(url: str) -> str | None:
 async def audit_database_summary(settings: Any) -> str | None:
     """Full audit of the open database; ``None`` when clean (for ``nexo db import``).
 
-    Signatures are checked when the signing key file is present.
+    Without the signing key file the rest is still checked, and the missing key is reported.
     """
     key_path = settings.signing_key_path
     source = LocalSource(key_path)
     report = await run_audit(source, progress=False, check_signatures=key_path.exists())
-    return _summary(report)
+    if report.sths == 0 and report.leaves == 0:
+        # A database that never held a log (no STH 0 yet): nothing to verify after an import.
+        return None
+    problems = _summary(report)
+    if not key_path.exists():
+        missing = f"no log signing key at {key_path}: copy it with the data (signatures unchecked)"
+        return missing + (f"; {problems}" if problems else "")
+    return problems
 
 
 # -- sources ---------------------------------------------------------------------------------
