@@ -8,9 +8,13 @@ exactly like any other API request and has no side effect of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -261,3 +265,45 @@ def test_exact_across_workers_and_instances_with_redis(make_server: ServerFactor
     statuses = asyncio.run(_burst([first.base_url, second.base_url], 150, user.headers))
     assert statuses.count(200) == 100, statuses
     assert statuses.count(429) == 50
+
+
+def test_redis_going_away_and_coming_back(make_server: ServerFactory, tmp_path: Path) -> None:
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return process
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    redis = start_redis()
+    try:
+        server = make_server(
+            {
+                "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                "NEXO_RATE_LIMIT": "4/minute",
+                "NEXO_REDIS_PREFIX": _prefix(),
+            }
+        )
+        with httpx.Client(base_url=server.base_url) as client:
+            assert [client.get(PROBE).status_code for _ in range(2)] == [404, 404]
+            assert _metric(server, "nexo_ratelimit_fallback") == 0
+            redis.kill()
+            redis.wait()
+            # Per-process limits take over: a fresh count, still enforced, never a 500.
+            assert [client.get(PROBE).status_code for _ in range(5)] == [404] * 4 + [429]
+            assert client.get("/api/health").status_code == 200
+            assert _metric(server, "nexo_ratelimit_fallback") == 1
+            redis = start_redis()
+            time.sleep(2.5)  # the limiter retries Redis 2 s after a failure
+            # Shared again: the restarted (empty) Redis counts from zero.
+            assert client.get(PROBE).headers["x-ratelimit-remaining"] == "3"
+            assert _metric(server, "nexo_ratelimit_fallback") == 0
+        assert "Redis answers again" in server.log_text()
+    finally:
+        redis.kill()
+        redis.wait()
