@@ -133,14 +133,14 @@ class Limiter:
             return "memory"
         return "memory (redis unreachable)" if self._failing else "redis"
 
-    async def hit(self, bucket: str, identity: str, rate: RateLimit) -> Decision:
-        """Count one request of ``identity`` against ``bucket`` at ``rate``; never raises."""
+    async def hit(self, bucket: str, identity: str, rate: RateLimit, cost: int = 1) -> Decision:
+        """Count ``cost`` hits of ``identity`` in ``bucket`` at ``rate`` (all or none); never raises."""
         item = self._items.get(rate)
         if item is None:
             item = self._items.setdefault(rate, _item(rate))
         if self._redis is not None and time.monotonic() >= self._retry_redis_at:
             try:
-                decision = await _decide(self._redis, item, bucket, identity)
+                decision = await _decide(self._redis, item, bucket, identity, cost)
             except Exception as exc:  # any storage failure: keep serving from memory
                 self._redis_failed(exc)
             else:
@@ -149,7 +149,7 @@ class Limiter:
                     FALLBACK.set(0)
                     log.warning("rate limiting: Redis answers again; limits are shared again")
                 return decision
-        return await _decide(self._memory, item, bucket, identity)
+        return await _decide(self._memory, item, bucket, identity, cost)
 
     def _redis_failed(self, exc: Exception) -> None:
         STORAGE_ERRORS.inc()
@@ -180,9 +180,9 @@ class Limiter:
 
 
 async def _decide(
-    limiter: MovingWindowRateLimiter, item: RateLimitItem, bucket: str, identity: str
+    limiter: MovingWindowRateLimiter, item: RateLimitItem, bucket: str, identity: str, cost: int = 1
 ) -> Decision:
-    allowed = await limiter.hit(item, bucket, identity)
+    allowed = await limiter.hit(item, bucket, identity, cost=cost)
     stats = await limiter.get_window_stats(item, bucket, identity)
     reset_after = max(0.0, stats.reset_time - time.time())
     return Decision(

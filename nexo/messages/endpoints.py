@@ -1,9 +1,137 @@
-"""HTTP endpoints of the messages feature."""
+"""HTTP endpoints of the messages feature (DESIGN.md "HTTP API"). Thin: validate, call, serialize."""
 
-from sanic import Blueprint, Sanic
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sanic import Blueprint, Request, Sanic
+from sanic.response import HTTPResponse, json
+from sanic_ext import openapi
+
+from nexo.auth.guard import authenticated
+from nexo.errors import NotFound, ValidationFailed
+from nexo.messages import service
+from nexo.messages.service import MessageWriter, RecipientCache, UnknownRecipient
+from nexo.realtime.protocol import FrameError, normalize_message_id
+from nexo.validation import Body, Query, parse_body, parse_query
 
 bp = Blueprint("messages", url_prefix="/api")
+
+MAX_LIST = 1000
+
+
+class SendBody(Body):
+    message_id: str
+    to: str = Field(min_length=1, max_length=64)
+    body: str
+
+
+class ListQuery(Query):
+    since: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=MAX_LIST)
+
+
+class SendOut(BaseModel):
+    message_id: str
+    seq: int
+    server_ts: int
+    duplicate: bool
+
+
+class MessageOut(BaseModel):
+    message_id: str
+    sender: str | None = Field(alias="from")
+    to: str | None
+    body: str
+    seq: int
+    server_ts: int
+    delivered_at: int | None
+
+
+class MessageList(BaseModel):
+    messages: list[MessageOut]
 
 
 def setup(app: Sanic) -> None:
     app.blueprint(bp)
+
+    @app.before_server_start
+    async def start_writer(app: Sanic) -> None:
+        writer = MessageWriter()
+        writer.start()
+        app.ctx.message_writer = writer
+        app.ctx.recipients = RecipientCache()
+
+    @app.after_server_stop
+    async def stop_writer(app: Sanic) -> None:
+        await app.ctx.message_writer.close()
+
+
+def _full(message: Any) -> dict[str, Any]:
+    return {**service.message_json(message), "delivered_at": message.delivered_at}
+
+
+def _message_id(value: str) -> str:
+    try:
+        return normalize_message_id(value)
+    except FrameError as exc:
+        raise ValidationFailed(f"message_id: {exc.message}", code="invalid_message_id") from None
+
+
+@bp.post("/messages")
+@openapi.summary("Send a message (stored once per message_id)")
+@openapi.body({"application/json": SendBody})
+@openapi.response(201, {"application/json": SendOut}, "stored")
+@openapi.response(200, {"application/json": SendOut}, "duplicate of a stored message: the original seq")
+@openapi.secured("bearer")
+@authenticated
+async def send_message(request: Request) -> HTTPResponse:
+    data = parse_body(request, SendBody)
+    principal = request.ctx.principal
+    message_id = _message_id(data.message_id)
+    service.check_body(data.body, request.app.ctx.settings.message_body_max_bytes)
+    recipients: RecipientCache = request.app.ctx.recipients
+    recipient_id = await recipients.user_id(data.to)
+    if recipient_id is None:
+        raise UnknownRecipient()
+    writer: MessageWriter = request.app.ctx.message_writer
+    result = await writer.send(
+        service.new_message(message_id, principal.user_id, recipient_id, data.body),
+        principal.username,
+        data.to.lower(),
+    )
+    body = {
+        "message_id": result.message_id,
+        "seq": result.seq,
+        "server_ts": result.server_ts,
+        "duplicate": result.duplicate,
+    }
+    return json(body, status=200 if result.duplicate else 201)
+
+
+@bp.get("/messages")
+@openapi.summary("The caller's messages (sent and received) with seq > since, ascending")
+@openapi.parameter("since", int, "query")
+@openapi.parameter("limit", int, "query")
+@openapi.response(200, {"application/json": MessageList}, "messages")
+@openapi.secured("bearer")
+@authenticated
+async def list_messages(request: Request) -> HTTPResponse:
+    query = parse_query(request, ListQuery)
+    rows = await service.history(request.ctx.principal.user_id, query.since, query.limit)
+    return json({"messages": [_full(row) for row in rows]})
+
+
+@bp.get("/messages/<message_id:str>")
+@openapi.summary("One message, for its sender or recipient only (404 for anyone else)")
+@openapi.response(200, {"application/json": MessageOut}, "the message")
+@openapi.secured("bearer")
+@authenticated
+async def get_message(request: Request, message_id: str) -> HTTPResponse:
+    try:
+        canonical = normalize_message_id(message_id)
+    except FrameError:
+        raise NotFound("no such message") from None
+    row = await service.get_visible(canonical, request.ctx.principal.user_id)
+    return json(_full(row))

@@ -1,9 +1,323 @@
-"""The WebSocket endpoint ``/ws``."""
+"""The WebSocket endpoint ``/ws`` (DESIGN.md "WebSocket /ws"): the reader loop.
 
-from sanic import Blueprint, Sanic
+One task per connection reads frames (only it calls ``recv()``); everything
+outgoing goes through the connection's outbox (``hub.Connection``). A ``send``
+is validated, rate limited, and handed to the group-commit writer without
+waiting: the ack is posted when its batch commits, so one connection can keep
+many sends in flight.
+
+Sanic runs this handler after the handshake, so authentication failures are
+"accept, then close 4401". An exception that escapes would close with 1000:
+it is caught, logged with the request id, and closed with 1011.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import Counter
+from sanic import Blueprint, Request, Sanic
+from websockets.exceptions import ConnectionClosed
+
+from nexo.auth.guard import Principal, bearer_token, principal_for_token
+from nexo.config import Settings
+from nexo.errors import NexoError
+from nexo.messages import service
+from nexo.messages.service import MessageWriter, Outcome, RecipientCache, SendResult
+from nexo.ratelimit import Bucket
+from nexo.realtime.broker import LocalBroker, make_broker
+from nexo.realtime.hub import CLOSES, Connection, Hub, on_commit
+from nexo.realtime.inbox import Inbox
+from nexo.realtime.protocol import (
+    Auth,
+    CloseCode,
+    Delivered,
+    FrameError,
+    Send,
+    ServerFrame,
+    Sync,
+    WsError,
+    dumps,
+    error_frame,
+    parse_frame,
+)
+
+log = logging.getLogger("nexo.realtime")
+
+UNAUTHORIZED_CLOSES = Counter("nexo_ws_unauthorized_closes_total", "Connections closed with 4401")
+SYNC_PAGE = 500
+#: Frames read from the inbox in one go (consecutive sends share one rate-limit hit).
+BURST = 128
 
 bp = Blueprint("realtime")
 
 
+class Unauthenticated(Exception):
+    """Close the connection with 4401 and this reason."""
+
+
 def setup(app: Sanic) -> None:
     app.blueprint(bp)
+
+    @app.before_server_start
+    async def start_realtime(app: Sanic) -> None:
+        settings: Settings = app.ctx.settings
+        hub = Hub()
+        broker = make_broker(settings)
+        writer: MessageWriter = app.ctx.message_writer
+        writer.listeners.append(on_commit(hub, broker.publish))
+        app.ctx.hub = hub
+        app.ctx.broker = broker
+        try:
+            await broker.start(hub.signal, hub.signal_everyone)
+        except Exception as exc:
+            # Pushes across processes are late until it answers; sync still repairs.
+            log.error("broker (%s) did not start: %r; cross-process push is off", broker.kind, exc)
+            app.ctx.broker = LocalBroker()
+
+    @app.before_server_stop
+    async def stop_realtime(app: Sanic) -> None:
+        hub: Hub = app.ctx.hub
+        hub.closing = True
+        # In-flight batches commit and their acks are queued, then every socket
+        # flushes its outbox and closes with 1001.
+        await app.ctx.message_writer.drain()
+        await hub.close_all(CloseCode.GOING_AWAY, "server is shutting down")
+        await hub.stop()
+        broker: LocalBroker = app.ctx.broker
+        await broker.close()
+
+
+@bp.websocket("/ws")
+async def websocket(request: Request, ws: Any) -> None:
+    app = request.app
+    request_id = getattr(request.ctx, "request_id", None) or uuid.uuid4().hex
+    conn: Connection | None = None
+    hub: Hub = app.ctx.hub
+    inbox = Inbox(ws)
+    try:
+        try:
+            principal = await _authenticate(request, inbox)
+        except Unauthenticated as exc:
+            await _close_unauthorized(ws, str(exc))
+            return
+        conn = Connection(ws, principal.user_id, principal.username, request_id)
+        await hub.add(conn)
+        conn.start()
+        _arm_expiry(conn, principal.expires_at)
+        await Session(app, conn, inbox).run()
+    except (ConnectionClosed, asyncio.CancelledError):
+        pass
+    except Exception:
+        log.exception("websocket handler failed (request %s)", request_id)
+        CLOSES.labels(str(int(CloseCode.INTERNAL_ERROR))).inc()
+        with contextlib.suppress(Exception):
+            await ws.close(CloseCode.INTERNAL_ERROR, f"internal error; request id {request_id}"[:120])
+    finally:
+        if conn is not None:
+            hub.remove(conn)
+            conn.stop()
+
+
+async def _authenticate(request: Request, inbox: Inbox) -> Principal:
+    header = request.headers.get("authorization")
+    settings: Settings = request.app.ctx.settings
+    if header is not None:
+        token = _token_or_reason(header)
+    else:
+        first = await inbox.get(timeout=settings.ws_auth_timeout)
+        if first is None:
+            raise Unauthenticated(
+                f"authenticate within {settings.ws_auth_timeout:g} s: Authorization header or auth frame"
+            )
+        try:
+            frame = parse_frame(first, settings.message_body_max_bytes)
+        except FrameError:
+            frame = None
+        if not isinstance(frame, Auth):
+            raise Unauthenticated('the first frame must be {"type": "auth", "token": ...}')
+        token = frame.token
+    return await _principal(token)
+
+
+def _token_or_reason(header: str) -> str:
+    try:
+        return bearer_token(header)
+    except NexoError as exc:
+        raise Unauthenticated(exc.message) from None
+
+
+async def _principal(token: str) -> Principal:
+    try:
+        return await principal_for_token(token)
+    except NexoError as exc:
+        raise Unauthenticated(exc.message) from None
+
+
+async def _close_unauthorized(ws: Any, reason: str) -> None:
+    UNAUTHORIZED_CLOSES.inc()
+    CLOSES.labels(str(int(CloseCode.UNAUTHORIZED))).inc()
+    await ws.close(CloseCode.UNAUTHORIZED, reason.encode()[:120].decode(errors="ignore"))
+
+
+def _arm_expiry(conn: Connection, expires_at: int) -> None:
+    if conn.expiry is not None:
+        conn.expiry.cancel()
+    loop = asyncio.get_running_loop()
+    delay = max(0.0, expires_at - time.time())
+
+    def expire() -> None:
+        UNAUTHORIZED_CLOSES.inc()
+        conn.close_soon(CloseCode.UNAUTHORIZED, "token expired; reconnect with a new token")
+
+    conn.expiry = loop.call_later(delay, expire)
+
+
+class Session:
+    """The reader loop of one authenticated connection."""
+
+    def __init__(self, app: Sanic, conn: Connection, inbox: Inbox) -> None:
+        self.app = app
+        self.inbox = inbox
+        self.conn = conn
+        self.settings: Settings = app.ctx.settings
+        self.writer: MessageWriter = app.ctx.message_writer
+        self.recipients: RecipientCache = app.ctx.recipients
+        self.hub: Hub = app.ctx.hub
+        self.limiter = app.ctx.limiter
+        self.identity = f"user:{conn.user_id}"
+
+    async def run(self) -> None:
+        """Read frames until the peer closes. Consecutive ``send`` frames that are already
+        queued are rate limited and handed to the writer together."""
+        inbox = self.inbox
+        limit = self.settings.message_body_max_bytes
+        post = self.conn.post
+        while True:
+            first = await inbox.get()
+            if first is None:
+                continue
+            burst = [first, *inbox.take_ready(BURST - 1)]
+            sends: list[Send] = []
+            for text in burst:
+                try:
+                    frame = parse_frame(text, limit)
+                except FrameError as exc:
+                    post(error_frame(exc.code, exc.message, exc.message_id))
+                    continue
+                if isinstance(frame, Send):
+                    sends.append(frame)
+                    continue
+                if sends:
+                    await self.send(sends)
+                    sends = []
+                try:
+                    if isinstance(frame, Sync):
+                        await self.sync(frame.since)
+                    elif isinstance(frame, Delivered):
+                        await self.delivered(frame.message_id)
+                    elif isinstance(frame, Auth) and not await self.renew(frame.token):
+                        return
+                except FrameError as exc:
+                    post(error_frame(exc.code, exc.message, exc.message_id))
+            if sends:
+                await self.send(sends)
+
+    async def send(self, sends: list[Send]) -> None:
+        """Spend the sender's budget for ``sends`` (all at once when it allows) and queue them."""
+        conn = self.conn
+        if self.hub.closing:
+            for frame in sends:
+                conn.post(
+                    error_frame(WsError.UNAVAILABLE, "the server is shutting down; resend", frame.message_id)
+                )
+            return
+        rate = self.settings.ws_rate_limit
+        admitted = sends
+        decision = await self.limiter.hit(Bucket.WS_SEND, self.identity, rate, len(sends))
+        if not decision.allowed:
+            admitted = []
+            for index, frame in enumerate(sends):
+                if len(sends) > 1:
+                    decision = await self.limiter.hit(Bucket.WS_SEND, self.identity, rate)
+                if not decision.allowed:
+                    retry = round(decision.retry_after, 3)
+                    for refused in sends[index:]:
+                        conn.post(_rate_limited(rate, refused.message_id, retry))
+                    break
+                admitted.append(frame)
+        for frame in admitted:
+            recipient_id = self.recipients.cached(frame.to)
+            if recipient_id is None:
+                recipient_id = await self.recipients.user_id(frame.to)
+                if recipient_id is None:
+                    conn.post(error_frame(WsError.UNKNOWN_RECIPIENT, "no such recipient", frame.message_id))
+                    continue
+            message = service.new_message(frame.message_id, conn.user_id, recipient_id, frame.body)
+            self.writer.submit(
+                message, conn.username, frame.to.lower(), functools.partial(_answer, conn, frame.message_id)
+            )
+
+    async def sync(self, since: int) -> None:
+        upto = since
+        while True:
+            rows = await service.history(self.conn.user_id, upto, SYNC_PAGE)
+            for row in rows:
+                self.conn.post(dumps({"type": ServerFrame.MESSAGE.value, **service.message_json(row)}))
+            if rows:
+                upto = rows[-1].seq
+            if len(rows) < SYNC_PAGE:
+                break
+        self.conn.post(dumps({"type": ServerFrame.SYNCED.value, "upto": upto}))
+
+    async def delivered(self, message_id: str) -> None:
+        if not await service.mark_delivered(message_id, self.conn.user_id):
+            raise FrameError(WsError.NOT_FOUND, "no such message for you", message_id)
+
+    async def renew(self, token: str) -> bool:
+        """In-band re-authentication; False when the connection was closed."""
+        try:
+            principal = await _principal(token)
+            if principal.user_id != self.conn.user_id:
+                raise Unauthenticated("the token is for another user")
+        except Unauthenticated as exc:
+            if self.conn.expiry is not None:
+                self.conn.expiry.cancel()
+            await self.conn.flush()
+            self.conn.closing = True
+            await _close_unauthorized(self.conn.ws, str(exc))
+            return False
+        _arm_expiry(self.conn, principal.expires_at)
+        return True
+
+
+def _rate_limited(rate: object, message_id: str, retry_after: float) -> str:
+    return dumps(
+        {
+            "type": ServerFrame.ERROR.value,
+            "code": WsError.RATE_LIMITED.value,
+            "message": f"send rate limit of {rate} exceeded; retry after retry_after seconds",
+            "message_id": message_id,
+            "retry_after": retry_after,
+        }
+    )
+
+
+#: An ``ack`` frame; ``message_id`` is a validated UUID, so no escaping is needed.
+_ACK = '{"type":"ack","message_id":"%s","seq":%d,"server_ts":%d,"duplicate":%s}'
+
+
+def _answer(conn: Connection, message_id: str, outcome: Outcome) -> None:
+    if isinstance(outcome, SendResult):
+        conn.post(
+            _ACK
+            % (outcome.message_id, outcome.seq, outcome.server_ts, "true" if outcome.duplicate else "false")
+        )
+    else:
+        conn.post(error_frame(outcome.code, outcome.message, message_id))

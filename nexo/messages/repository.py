@@ -1,0 +1,202 @@
+"""Every query of the messages feature.
+
+The hot path (:func:`insert_batch`) is raw SQL on ``nexo.db.connection()``:
+one multi-row ``INSERT ... ON CONFLICT (message_id) DO NOTHING RETURNING``
+per group commit. Exactly-once comes from the unique constraint on
+``message_id``, never from a check before the insert (STYLE.md habit 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tortoise.transactions import in_transaction
+
+from nexo import db
+
+#: Rows per INSERT statement; 5 parameters each stays under every driver's limit.
+MAX_ROWS_PER_STATEMENT = 1000
+#: PostgreSQL advisory lock key held while a batch inserts and commits, so seq
+#: (the sync cursor) is handed out in commit order across workers and instances.
+SEQ_LOCK_KEY = 0x4E45584F4D5347  # "NEXOMSG"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    message_id: str
+    sender_id: int
+    recipient_id: int
+    body: str
+    server_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    seq: int
+    message_id: str
+    sender_id: int
+    recipient_id: int
+    body: str
+    server_ts: int
+    delivered_at: int | None = None
+    sender: str | None = None
+    recipient: str | None = None
+
+
+def _ph(dialect: str, n: int) -> str:
+    """Numbered placeholder ``n`` (1-based): ``$n`` on PostgreSQL, ``?n`` on SQLite (reusable)."""
+    return f"${n}" if dialect == "postgres" else f"?{n}"
+
+
+def _params(dialect: str, count: int, start: int = 1) -> list[str]:
+    return [_ph(dialect, start + i) for i in range(count)]
+
+
+def _values_groups(dialect: str, rows: int, columns: int) -> str:
+    if dialect == "postgres":
+        return ",".join(
+            "(" + ",".join(f"${r * columns + c + 1}" for c in range(columns)) + ")" for r in range(rows)
+        )
+    one = "(" + ",".join("?" * columns) + ")"
+    return ",".join([one] * rows)
+
+
+async def insert_batch(rows: Sequence[NewMessage]) -> dict[str, int]:
+    """Insert rows whose ``message_id`` is new; return ``{message_id: seq}`` of those inserted.
+
+    ``rows`` must not repeat a ``message_id``. One statement per
+    :data:`MAX_ROWS_PER_STATEMENT` rows, all committed together. On SQLite
+    the INSERT is the first statement, so the write lock is taken at once
+    (no read-then-write "database is locked"); on PostgreSQL an advisory
+    lock orders commits by seq.
+    """
+    if not rows:
+        return {}
+    dialect = db.dialect()
+    inserted: dict[str, int] = {}
+    chunks = [rows[i : i + MAX_ROWS_PER_STATEMENT] for i in range(0, len(rows), MAX_ROWS_PER_STATEMENT)]
+    if dialect == "postgres":
+        async with in_transaction() as conn:
+            await conn.execute_query(f"SELECT pg_advisory_xact_lock({SEQ_LOCK_KEY})")
+            for chunk in chunks:
+                await _insert_chunk(conn, dialect, chunk, inserted)
+    elif len(chunks) == 1:
+        # One statement is its own transaction in SQLite's autocommit mode.
+        await _insert_chunk(db.connection(), dialect, chunks[0], inserted)
+    else:
+        async with in_transaction() as conn:
+            for chunk in chunks:
+                await _insert_chunk(conn, dialect, chunk, inserted)
+    return inserted
+
+
+async def _insert_chunk(conn: Any, dialect: str, chunk: Sequence[NewMessage], out: dict[str, int]) -> None:
+    values: list[Any] = []
+    for row in chunk:
+        values += (row.message_id, row.sender_id, row.recipient_id, row.body, row.server_ts)
+    sql = (
+        "INSERT INTO messages (message_id, sender_id, recipient_id, body, server_ts) VALUES "
+        + _values_groups(dialect, len(chunk), 5)
+        + " ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id"
+    )
+    # execute_query_dict, not execute_query: Tortoise's asyncpg client drops RETURNING rows of an INSERT.
+    result = await conn.execute_query_dict(sql, values)
+    for record in result:
+        out[record["message_id"]] = int(record["id"])
+
+
+_COLUMNS = "m.id, m.message_id, m.sender_id, m.recipient_id, m.body, m.server_ts, m.delivered_at"
+_WITH_NAMES = (
+    f"SELECT {_COLUMNS}, s.username AS sender, r.username AS recipient FROM messages m "
+    "LEFT JOIN users s ON s.id = m.sender_id LEFT JOIN users r ON r.id = m.recipient_id"
+)
+
+
+def _stored(record: Any) -> StoredMessage:
+    return StoredMessage(
+        seq=int(record["id"]),
+        message_id=record["message_id"],
+        sender_id=int(record["sender_id"]),
+        recipient_id=int(record["recipient_id"]),
+        body=record["body"],
+        server_ts=int(record["server_ts"]),
+        delivered_at=record["delivered_at"],
+        sender=record.get("sender"),
+        recipient=record.get("recipient"),
+    )
+
+
+async def get_by_message_ids(message_ids: Sequence[str]) -> dict[str, StoredMessage]:
+    """Stored rows for these ids (committed ones), keyed by ``message_id``."""
+    if not message_ids:
+        return {}
+    dialect = db.dialect()
+    marks = ",".join(_params(dialect, len(message_ids)))
+    sql = f"SELECT {_COLUMNS} FROM messages m WHERE m.message_id IN ({marks})"
+    rows = await db.connection().execute_query_dict(sql, list(message_ids))
+    return {row["message_id"]: _stored(row) for row in rows}
+
+
+async def get_for_party(message_id: str, user_id: int) -> StoredMessage | None:
+    """The message if ``user_id`` sent or received it, else ``None``."""
+    p = _params(db.dialect(), 2)
+    sql = f"{_WITH_NAMES} WHERE m.message_id = {p[0]} AND (m.sender_id = {p[1]} OR m.recipient_id = {p[1]})"
+    rows = await db.connection().execute_query_dict(sql, [message_id, user_id])
+    return _stored(rows[0]) if rows else None
+
+
+async def list_for_user(user_id: int, since: int, limit: int) -> list[StoredMessage]:
+    """The user's messages (sent and received) with ``seq > since``, ascending, at most ``limit``."""
+    p = _params(db.dialect(), 3)
+    # Two index range scans, (recipient_id, id) and (sender_id, id), merged.
+    sql = (
+        f"{_WITH_NAMES} WHERE m.id IN ("
+        f"SELECT id FROM (SELECT id FROM messages WHERE recipient_id = {p[0]} AND id > {p[1]} "
+        f"ORDER BY id LIMIT {p[2]}) a UNION ALL "
+        f"SELECT id FROM (SELECT id FROM messages WHERE sender_id = {p[0]} AND id > {p[1]} "
+        f"ORDER BY id LIMIT {p[2]}) b) ORDER BY m.id LIMIT {p[2]}"
+    )
+    rows = await db.connection().execute_query_dict(sql, [user_id, since, limit])
+    return [_stored(row) for row in rows]
+
+
+async def list_received(user_id: int, since: int, limit: int) -> list[StoredMessage]:
+    """Messages received by ``user_id`` with ``seq > since``, ascending (for push after a signal)."""
+    p = _params(db.dialect(), 3)
+    sql = f"{_WITH_NAMES} WHERE m.recipient_id = {p[0]} AND m.id > {p[1]} ORDER BY m.id LIMIT {p[2]}"
+    rows = await db.connection().execute_query_dict(sql, [user_id, since, limit])
+    return [_stored(row) for row in rows]
+
+
+async def max_seq() -> int:
+    """The highest seq handed out so far (0 when empty)."""
+    rows = await db.connection().execute_query_dict("SELECT MAX(id) AS top FROM messages")
+    return int(rows[0]["top"] or 0) if rows else 0
+
+
+async def mark_delivered(message_id: str, recipient_id: int, when_ms: int) -> bool:
+    """Set ``delivered_at`` once (the first time wins); False if no such message for this recipient."""
+    p = _params(db.dialect(), 3)
+    sql = (
+        f"UPDATE messages SET delivered_at = COALESCE(delivered_at, {p[0]}) "
+        f"WHERE message_id = {p[1]} AND recipient_id = {p[2]}"
+    )
+    count, _ = await db.connection().execute_query(sql, [when_ms, message_id, recipient_id])
+    return count > 0
+
+
+async def find_user_id(username: str) -> int | None:
+    """The id of the user with this (lowercased) username, or ``None``."""
+    p = _ph(db.dialect(), 1)
+    rows = await db.connection().execute_query_dict(f"SELECT id FROM users WHERE username = {p}", [username])
+    return int(rows[0]["id"]) if rows else None
+
+
+async def duplicate_message_ids() -> list[tuple[str, int]]:
+    """The runbook's duplicate query: ``message_id`` values stored more than once (should be none)."""
+    rows = await db.connection().execute_query_dict(
+        "SELECT message_id, COUNT(*) AS n FROM messages GROUP BY message_id HAVING COUNT(*) > 1"
+    )
+    return [(row["message_id"], int(row["n"])) for row in rows]

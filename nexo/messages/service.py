@@ -1,0 +1,342 @@
+"""Messages: exactly-once storage through a group-commit writer, history, delivery marks.
+
+Group commit (issue 4 "Benchmark"): every ``send`` of every connection of this
+process goes into one queue. A single writer task takes *everything* waiting,
+commits it with one multi-row INSERT, then answers each sender — so the
+next batch starts the moment the previous commit ends (no timer), and a
+lone message takes the plain one-row path at once. An answer (``ack``) is
+given only after the commit returns.
+
+Exactly-once: ``message_id`` is unique in the database; the INSERT skips ids
+that exist (``ON CONFLICT DO NOTHING``) and the skipped ones are read back
+after the commit: same sender, recipient and body → the original ``seq``
+with ``duplicate=True``; anything else → :class:`MessageIdConflict`, which
+says nothing about the original. Concurrent duplicates in other processes
+are resolved by the same constraint (PostgreSQL makes the second INSERT wait
+for the first to commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Histogram
+
+from nexo.errors import ErrorCode, NexoError, NotFound
+from nexo.messages import repository
+from nexo.messages.repository import NewMessage, StoredMessage
+
+log = logging.getLogger("nexo.messages")
+
+#: Largest batch one commit takes; more waiting messages go in the next one.
+MAX_BATCH = 2000
+#: How long a username → user id answer is reused (seconds).
+RECIPIENT_CACHE_SECONDS = 30.0
+
+ACKED = Counter("nexo_messages_acked_total", "Sends answered with an ack (new and duplicate)")
+STORED = Counter("nexo_messages_stored_total", "Messages stored (new rows)")
+DUPLICATES = Counter(
+    "nexo_messages_duplicates_suppressed_total", "Sends that were duplicates of a stored message"
+)
+CONFLICTS = Counter("nexo_messages_id_conflicts_total", "Sends refused with message_id_conflict")
+BATCH_SIZE = Histogram(
+    "nexo_messages_commit_batch_size",
+    "Messages per group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+)
+COMMIT_SECONDS = Histogram(
+    "nexo_messages_commit_seconds",
+    "Time of one group commit",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+
+
+class MessageIdConflict(NexoError):
+    """The ``message_id`` is taken by a different message; nothing about it is revealed."""
+
+    status = 409
+    code = ErrorCode.MESSAGE_ID_CONFLICT
+
+    def __init__(self) -> None:
+        super().__init__("this message_id is already used by a different message; use a new UUID")
+
+
+class UnknownRecipient(NexoError):
+    status = 422
+    code = "unknown_recipient"
+
+    def __init__(self) -> None:
+        super().__init__("no such recipient")
+
+
+class BodyTooLarge(NexoError):
+    status = 413
+    code = "body_too_large"
+
+
+class StorageUnavailable(NexoError):
+    """The batch could not be committed; nothing was acked, the client should retry."""
+
+    status = 503
+    code = ErrorCode.SERVICE_UNAVAILABLE
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What an ``ack`` (or the POST response) says."""
+
+    message_id: str
+    seq: int
+    server_ts: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A newly stored message, as pushed to its recipient."""
+
+    seq: int
+    message_id: str
+    sender_id: int
+    recipient_id: int
+    sender: str
+    recipient: str
+    body: str
+    server_ts: int
+
+
+Outcome = SendResult | NexoError
+Callback = Callable[[Outcome], None]
+CommitListener = Callable[[list[Delivery]], None]
+
+
+class _Pending:
+    __slots__ = ("callback", "message", "recipient", "sender")
+
+    def __init__(self, message: NewMessage, sender: str, recipient: str, callback: Callback) -> None:
+        self.message = message
+        self.sender = sender
+        self.recipient = recipient
+        self.callback = callback
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MessageWriter:
+    """The per-process group-commit writer (see the module docstring)."""
+
+    def __init__(self, max_batch: int = MAX_BATCH) -> None:
+        self.max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        #: Called with every batch of newly stored messages, after commit and before the acks.
+        self.listeners: list[CommitListener] = []
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="nexo-message-writer")
+
+    def submit(self, message: NewMessage, sender: str, recipient: str, callback: Callback) -> None:
+        """Queue ``message``; ``callback`` gets the outcome once its batch has committed."""
+        self._queue.append(_Pending(message, sender, recipient, callback))
+        self._idle.clear()
+        self._wake.set()
+
+    async def send(self, message: NewMessage, sender: str, recipient: str) -> SendResult:
+        """Queue and wait: the outcome, or the error raised."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: Outcome) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        self.submit(message, sender, recipient, done)
+        outcome = await future
+        if isinstance(outcome, NexoError):
+            raise outcome
+        return outcome
+
+    async def drain(self) -> None:
+        """Wait until every queued message is committed and answered."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+            try:
+                await self._commit(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("message batch of %d failed to commit; nothing acked", len(batch))
+                error = StorageUnavailable("the message could not be stored; retry with the same message_id")
+                for item in batch:
+                    _answer(item, error)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        first: dict[str, _Pending] = {}
+        for item in batch:
+            first.setdefault(item.message.message_id, item)
+        inserted = await repository.insert_batch([item.message for item in first.values()])
+        COMMIT_SECONDS.observe(time.perf_counter() - started)
+        BATCH_SIZE.observe(len(batch))
+        missing = [mid for mid in first if mid not in inserted]
+        existing = await repository.get_by_message_ids(missing) if missing else {}
+        deliveries = [
+            Delivery(
+                seq=inserted[mid],
+                message_id=mid,
+                sender_id=item.message.sender_id,
+                recipient_id=item.message.recipient_id,
+                sender=item.sender,
+                recipient=item.recipient,
+                body=item.message.body,
+                server_ts=item.message.server_ts,
+            )
+            for mid, item in first.items()
+            if mid in inserted
+        ]
+        if deliveries:
+            STORED.inc(len(deliveries))
+            for listener in self.listeners:
+                try:
+                    listener(deliveries)
+                except Exception:  # a push failure must never lose the acks
+                    log.exception("message commit listener failed")
+        acked = duplicates = 0
+        for item in batch:
+            message = item.message
+            mid = message.message_id
+            seq = inserted.get(mid)
+            if seq is not None and first[mid] is item:
+                outcome: Outcome = SendResult(mid, seq, message.server_ts, False)
+            else:
+                original = existing.get(mid) or _as_stored(first[mid], seq)
+                outcome = _duplicate_or_conflict(message, original)
+            if isinstance(outcome, SendResult):
+                acked += 1
+                duplicates += outcome.duplicate
+            else:
+                CONFLICTS.inc()
+            _answer(item, outcome)
+        ACKED.inc(acked)
+        if duplicates:
+            DUPLICATES.inc(duplicates)
+
+
+def _as_stored(item: _Pending, seq: int | None) -> StoredMessage | None:
+    if seq is None:
+        return None
+    m = item.message
+    return StoredMessage(seq, m.message_id, m.sender_id, m.recipient_id, m.body, m.server_ts)
+
+
+def _duplicate_or_conflict(message: NewMessage, original: StoredMessage | None) -> Outcome:
+    if original is None:
+        # Skipped by the constraint yet not readable: cannot happen with committed rows.
+        return StorageUnavailable("the message could not be stored; retry with the same message_id")
+    if (
+        original.sender_id == message.sender_id
+        and original.recipient_id == message.recipient_id
+        and original.body == message.body
+    ):
+        return SendResult(original.message_id, original.seq, original.server_ts, True)
+    return MessageIdConflict()
+
+
+def _answer(item: _Pending, outcome: Outcome) -> None:
+    try:
+        item.callback(outcome)
+    except Exception:
+        log.exception("message callback failed")
+
+
+class RecipientCache:
+    """username → user id, reused for :data:`RECIPIENT_CACHE_SECONDS` (unknown names are not cached)."""
+
+    def __init__(self, ttl: float = RECIPIENT_CACHE_SECONDS) -> None:
+        self.ttl = ttl
+        self._ids: dict[str, tuple[int, float]] = {}
+
+    async def user_id(self, username: str) -> int | None:
+        name = username.lower()
+        hit = self._ids.get(name)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        user_id = await repository.find_user_id(name)
+        if user_id is None:
+            self._ids.pop(name, None)
+            return None
+        if len(self._ids) > 100_000:
+            self._ids.clear()
+        self._ids[name] = (user_id, now + self.ttl)
+        return user_id
+
+    def cached(self, username: str) -> int | None:
+        """The cached id without I/O, or ``None`` if a lookup is needed."""
+        hit = self._ids.get(username.lower())
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        return None
+
+
+def check_body(body: str, limit: int) -> None:
+    if len(body) * 4 > limit and len(body.encode()) > limit:
+        raise BodyTooLarge(f"body is over the limit of {limit} bytes")
+
+
+def new_message(message_id: str, sender_id: int, recipient_id: int, body: str) -> NewMessage:
+    return NewMessage(message_id, sender_id, recipient_id, body, now_ms())
+
+
+async def history(user_id: int, since: int, limit: int) -> list[StoredMessage]:
+    return await repository.list_for_user(user_id, since, limit)
+
+
+async def get_visible(message_id: str, user_id: int) -> StoredMessage:
+    """The message for its sender or recipient; 404 for anyone else (and for unknown ids)."""
+    found = await repository.get_for_party(message_id, user_id)
+    if found is None:
+        raise NotFound("no such message")
+    return found
+
+
+async def mark_delivered(message_id: str, recipient_id: int) -> bool:
+    return await repository.mark_delivered(message_id, recipient_id, now_ms())
+
+
+def message_json(message: StoredMessage | Delivery) -> dict[str, object]:
+    """The wire form of a message (DESIGN.md), without ``type``."""
+    return {
+        "message_id": message.message_id,
+        "from": message.sender,
+        "to": message.recipient,
+        "body": message.body,
+        "seq": message.seq,
+        "server_ts": message.server_ts,
+    }

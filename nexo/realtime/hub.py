@@ -1,0 +1,280 @@
+"""This process's registry of open WebSocket connections, and push to them.
+
+A :class:`Connection` owns one socket's outgoing side: every frame (ack,
+message, error, synced) goes through its outbox and one pump task, so frames
+keep their order and many are written in one go. Only the reader loop
+(``ws.py``) calls ``recv()``.
+
+Push: messages committed by this process are pushed straight from the
+writer (:meth:`Hub.deliver`). Messages committed by another worker or
+instance arrive as a signal "new for user X" (``broker.py``); :meth:`Hub.signal`
+then reads that user's new rows from the database after a per-user cursor.
+Every connection remembers the seqs it was recently pushed, so a message is
+pushed to a connection once even if both paths see it. The database stays the
+truth: a missed signal costs only latency until the client's next ``sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from websockets.protocol import State
+
+from nexo.messages import repository
+from nexo.messages.repository import StoredMessage
+from nexo.messages.service import Delivery
+from nexo.realtime.protocol import CloseCode, ServerFrame, dumps
+
+log = logging.getLogger("nexo.realtime")
+
+OPEN_CONNECTIONS = Gauge(
+    "nexo_ws_open_connections", "Open authenticated WebSocket connections", multiprocess_mode="livesum"
+)
+PUSHED = Counter("nexo_ws_messages_pushed_total", "message frames pushed to recipients")
+CLOSES = Counter("nexo_ws_closes_total", "WebSocket closes by Nexo, by close code", ["code"])
+
+#: Frames waiting in one connection's outbox before it is dropped as too slow.
+MAX_OUTBOX = 100_000
+#: Seqs a connection remembers as already pushed.
+RECENT_PUSHES = 4096
+#: Rows read per query when a signal says a user has new messages.
+SIGNAL_PAGE = 500
+
+
+class Connection:
+    """One authenticated socket: user, outbox, pump, expiry."""
+
+    def __init__(self, ws: Any, user_id: int, username: str, request_id: str) -> None:
+        self.ws = ws
+        self.user_id = user_id
+        self.username = username
+        self.request_id = request_id
+        self._out: list[str] = []
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._flushed.set()
+        self._recent: set[int] = set()
+        self._recent_order: deque[int] = deque()
+        self._pump_task: asyncio.Task[None] | None = None
+        self.closing = False
+        self.expiry: asyncio.TimerHandle | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump(), name="nexo-ws-pump")
+
+    def post(self, text: str) -> None:
+        """Queue one frame for sending (never blocks)."""
+        if self.closing:
+            return
+        self._out.append(text)
+        if len(self._out) > MAX_OUTBOX:
+            log.warning("closing a connection of user %s: it does not read its frames", self.user_id)
+            self._out.clear()
+            self.close_soon(CloseCode.GOING_AWAY, "client too slow")
+            return
+        self._flushed.clear()
+        self._wake.set()
+
+    def push(self, message: Delivery | StoredMessage) -> None:
+        """Send a ``message`` frame unless this connection already got that seq."""
+        seq = message.seq
+        if seq in self._recent:
+            return
+        self._recent.add(seq)
+        self._recent_order.append(seq)
+        if len(self._recent_order) > RECENT_PUSHES:
+            self._recent.discard(self._recent_order.popleft())
+        PUSHED.inc()
+        self.post(
+            dumps(
+                {
+                    "type": ServerFrame.MESSAGE.value,
+                    "message_id": message.message_id,
+                    "from": message.sender,
+                    "to": message.recipient,
+                    "body": message.body,
+                    "seq": seq,
+                    "server_ts": message.server_ts,
+                }
+            )
+        )
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Schedule :meth:`close` from synchronous code."""
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self.close(code, reason))
+
+    async def flush(self) -> None:
+        await self._flushed.wait()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send what is queued, then close with ``code``; idempotent."""
+        if self.closing:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), 5.0)
+        self.closing = True
+        CLOSES.labels(str(int(code))).inc()
+        with contextlib.suppress(Exception):
+            await self.ws.close(int(code), reason.encode()[:120].decode(errors="ignore"))
+
+    def stop(self) -> None:
+        self.closing = True
+        if self.expiry is not None:
+            self.expiry.cancel()
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+        self._flushed.set()
+
+    async def _pump(self) -> None:
+        while True:
+            if not self._out:
+                self._flushed.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            frames, self._out = self._out, []
+            try:
+                await self._write(frames)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The socket is gone; the reader loop sees the close and cleans up.
+                self._out.clear()
+                self._flushed.set()
+                return
+
+    async def _write(self, frames: list[str]) -> None:
+        ws = self.ws
+        proto = getattr(ws, "ws_proto", None)
+        mutex = getattr(ws, "conn_mutex", None)
+        if proto is None or mutex is None:  # not Sanic's implementation: one frame at a time
+            for frame in frames:
+                await ws.send(frame)
+            return
+        # Sanic's WebsocketImplProtocol.send, for many frames under one lock and one write.
+        async with mutex:
+            if proto.state is not State.OPEN:
+                raise ConnectionError("websocket is not open")
+            for frame in frames:
+                proto.send_text(frame.encode())
+            await ws.send_data([b"".join(proto.data_to_send())])
+
+
+class Hub:
+    """Connections of this process by user id."""
+
+    def __init__(self) -> None:
+        self._by_user: dict[int, set[Connection]] = {}
+        self._cursor: dict[int, int] = {}
+        self._signalled: set[int] = set()
+        self._signal_task: asyncio.Task[None] | None = None
+        self._signal_wake = asyncio.Event()
+        self.closing = False
+
+    @property
+    def count(self) -> int:
+        return sum(len(conns) for conns in self._by_user.values())
+
+    def connections(self) -> list[Connection]:
+        return [conn for conns in self._by_user.values() for conn in conns]
+
+    async def add(self, conn: Connection) -> None:
+        if conn.user_id not in self._by_user:
+            # Signals for this user read rows after this seq; earlier ones come by ``sync``.
+            cursor = await repository.max_seq()
+            if conn.user_id not in self._by_user:
+                self._by_user[conn.user_id] = set()
+                self._cursor[conn.user_id] = cursor
+        self._by_user[conn.user_id].add(conn)
+        OPEN_CONNECTIONS.inc()
+
+    def remove(self, conn: Connection) -> None:
+        conns = self._by_user.get(conn.user_id)
+        if conns is None or conn not in conns:
+            return
+        conns.discard(conn)
+        OPEN_CONNECTIONS.dec()
+        if not conns:
+            del self._by_user[conn.user_id]
+            self._cursor.pop(conn.user_id, None)
+
+    def deliver(self, deliveries: Iterable[Delivery]) -> None:
+        """Push messages this process just committed to their connected recipients."""
+        by_user = self._by_user
+        for delivery in deliveries:
+            conns = by_user.get(delivery.recipient_id)
+            if conns:
+                for conn in conns:
+                    conn.push(delivery)
+
+    def wants(self, user_id: int) -> bool:
+        return user_id in self._by_user
+
+    def signal(self, user_ids: Iterable[int]) -> None:
+        """Another process stored messages for these users: read and push them soon."""
+        added = False
+        for user_id in user_ids:
+            if user_id in self._by_user:
+                self._signalled.add(user_id)
+                added = True
+        if added:
+            if self._signal_task is None or self._signal_task.done():
+                self._signal_task = asyncio.get_running_loop().create_task(
+                    self._drain_signals(), name="nexo-ws-signals"
+                )
+
+    def signal_everyone(self) -> None:
+        """After a broker reconnect: a signal may have been missed, so look for every user."""
+        self.signal(list(self._by_user))
+
+    async def _drain_signals(self) -> None:
+        while self._signalled:
+            users, self._signalled = self._signalled, set()
+            for user_id in users:
+                try:
+                    await self._pull(user_id)
+                except Exception:
+                    log.exception("reading new messages for user %s after a signal failed", user_id)
+
+    async def _pull(self, user_id: int) -> None:
+        while True:
+            cursor = self._cursor.get(user_id)
+            if cursor is None:
+                return
+            rows = await repository.list_received(user_id, cursor, SIGNAL_PAGE)
+            conns = self._by_user.get(user_id)
+            if not rows or not conns:
+                return
+            self._cursor[user_id] = max(self._cursor.get(user_id, 0), rows[-1].seq)
+            for row in rows:
+                for conn in conns:
+                    conn.push(row)
+            if len(rows) < SIGNAL_PAGE:
+                return
+
+    async def close_all(self, code: int, reason: str) -> None:
+        await asyncio.gather(*(conn.close(code, reason) for conn in self.connections()))
+
+    async def stop(self) -> None:
+        if self._signal_task is not None:
+            self._signal_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._signal_task
+
+
+def on_commit(hub: Hub, publish: Callable[[set[int]], None]) -> Callable[[list[Delivery]], None]:
+    """The writer's commit listener: push locally, then signal other processes."""
+
+    def listener(deliveries: list[Delivery]) -> None:
+        hub.deliver(deliveries)
+        publish({d.recipient_id for d in deliveries})
+
+    return listener

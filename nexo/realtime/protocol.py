@@ -1,0 +1,181 @@
+"""WebSocket ``/ws`` wire protocol (DESIGN.md "WebSocket /ws"): frames, codes, parsing.
+
+Pure: no I/O. :func:`parse_frame` turns one text frame into a typed frame or
+raises :class:`FrameError` carrying a stable :class:`WsError` code, so the
+reader loop answers a bad frame with an ``error`` frame and keeps the
+connection open.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+
+class ClientFrame(StrEnum):
+    """``type`` of frames a client sends."""
+
+    SEND = "send"
+    DELIVERED = "delivered"
+    SYNC = "sync"
+    AUTH = "auth"
+
+
+class ServerFrame(StrEnum):
+    """``type`` of frames the server sends."""
+
+    ACK = "ack"
+    MESSAGE = "message"
+    SYNCED = "synced"
+    ERROR = "error"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes Nexo uses (RFC 6455 §7.4 and DESIGN.md)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    UNAUTHORIZED = 4401
+
+
+class WsError(StrEnum):
+    """Stable ``code`` values of ``error`` frames. Clients branch on these: never rename one."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_FRAME = "invalid_frame"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_FIELD = "invalid_field"
+    INVALID_MESSAGE_ID = "invalid_message_id"
+    UNKNOWN_RECIPIENT = "unknown_recipient"
+    BODY_TOO_LARGE = "body_too_large"
+    MESSAGE_ID_CONFLICT = "message_id_conflict"
+    NOT_FOUND = "not_found"
+    RATE_LIMITED = "rate_limited"
+    BINARY_NOT_SUPPORTED = "binary_not_supported"
+    UNAVAILABLE = "unavailable"
+
+
+class FrameError(Exception):
+    """A client frame Nexo cannot act on; answered with an ``error`` frame."""
+
+    def __init__(self, code: WsError, message: str, message_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.message_id = message_id
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    message_id: str
+    to: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    since: int
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    token: str
+
+
+Frame = Send | Delivered | Sync | Auth
+
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_SEND_FIELDS = frozenset({"type", "message_id", "to", "body"})
+
+
+def normalize_message_id(value: object) -> str:
+    """The canonical lowercase hyphenated form of a UUID, or :class:`FrameError`."""
+    if not isinstance(value, str) or _UUID_RE.fullmatch(value) is None:
+        raise FrameError(WsError.INVALID_MESSAGE_ID, "message_id must be a UUID (8-4-4-4-12 hex)")
+    return value.lower()
+
+
+def _string(data: dict[str, Any], name: str, message_id: str | None = None) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        what = "missing" if value is None else f"a {type(value).__name__}, not a string"
+        raise FrameError(WsError.INVALID_FIELD, f"{name}: {what}", message_id)
+    return value
+
+
+def parse_frame(text: str | bytes, max_body_bytes: int) -> Frame:
+    """Parse one client frame; raise :class:`FrameError` with a stable code if it is bad.
+
+    ``message_id`` comes back in canonical UUID form; ``body`` longer than
+    ``max_body_bytes`` UTF-8 bytes is refused with ``body_too_large``.
+    """
+    if not isinstance(text, str):
+        raise FrameError(WsError.BINARY_NOT_SUPPORTED, "frames are JSON text, not binary")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise FrameError(WsError.INVALID_JSON, "the frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise FrameError(WsError.INVALID_FRAME, "a frame must be a JSON object")
+    kind = data.get("type")
+    raw_id = data.get("message_id")
+    echo_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= 64 else None
+    if kind == ClientFrame.SEND:
+        message_id = _message_id(raw_id, echo_id)
+        to = _string(data, "to", message_id)
+        body = _string(data, "body", message_id)
+        if not 1 <= len(to) <= 64:
+            raise FrameError(WsError.UNKNOWN_RECIPIENT, "no such recipient", message_id)
+        if len(body) * 4 > max_body_bytes and len(body.encode()) > max_body_bytes:
+            raise FrameError(
+                WsError.BODY_TOO_LARGE, f"body is over the limit of {max_body_bytes} bytes", message_id
+            )
+        if len(data) > len(_SEND_FIELDS) or not _SEND_FIELDS.issuperset(data):
+            extra = ", ".join(sorted(set(data) - _SEND_FIELDS))
+            raise FrameError(WsError.INVALID_FIELD, f"unknown field(s): {extra}", message_id)
+        return Send(message_id, to, body)
+    if kind == ClientFrame.DELIVERED:
+        return Delivered(_message_id(raw_id, echo_id))
+    if kind == ClientFrame.SYNC:
+        since = data.get("since", 0)
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise FrameError(WsError.INVALID_FIELD, "since: must be a whole number >= 0")
+        return Sync(since)
+    if kind == ClientFrame.AUTH:
+        return Auth(_string(data, "token"))
+    if kind is None:
+        raise FrameError(WsError.INVALID_FIELD, "type: missing", echo_id)
+    shown = kind if isinstance(kind, str) and len(kind) <= 32 else type(kind).__name__
+    raise FrameError(WsError.UNKNOWN_TYPE, f"unknown frame type {shown!r}", echo_id)
+
+
+def _message_id(raw: object, echo: str | None) -> str:
+    if raw is None:
+        raise FrameError(WsError.INVALID_FIELD, "message_id: missing")
+    try:
+        return normalize_message_id(raw)
+    except FrameError as exc:
+        exc.message_id = echo
+        raise
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    """Compact JSON for an outgoing frame."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_frame(code: WsError | str, message: str, message_id: str | None = None) -> str:
+    frame: dict[str, Any] = {"type": ServerFrame.ERROR.value, "code": str(code), "message": message}
+    if message_id is not None:
+        frame["message_id"] = message_id
+    return dumps(frame)
