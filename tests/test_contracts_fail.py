@@ -130,6 +130,9 @@ CASES = [
     ("health_slow", "test_health.py", "test_health_p95", "budget", False),
     ("health_missing_field", "test_health.py", "test_health_answers_200", "sth_count", False),
     ("no_429", "test_rate_limit.py", "test_the_request_after_the_budget", "expected 429", False),
+    ("ws_close_1000", "test_ws_unauthorized.py", "test_bad_token_is_closed", "expected 4401", False),
+    ("ack_reused_seq", "test_ws_ack.py", "test_pipelined_messages", "acks share a seq", False),
+    ("dup_new_seq", "test_no_duplicates.py", "test_resend_on_one_connection", "different seqs", False),
     (
         "sth_bad_signature",
         "test_sth_chain.py",
