@@ -203,6 +203,7 @@ def test_nexo_contracts_prints_one_line_per_promise(upstream: LocalServer, tmp_p
     )
     assert good.returncode == 0, good.stdout + good.stderr
     assert "✓ Health" in good.stdout and "health p95 = " in good.stdout and "(budget 200 ms)" in good.stdout
+    assert "promises: 1 kept, 0 broken, 0 skipped" in good.stdout, good.stdout
     report = ET.parse(xml).getroot()  # noqa: S314 - our own report
     assert any(p.get("name") == "figure" for p in report.iter("property")), "JUnit XML lacks the figures"
     with fault_proxy(upstream.base_url, "health_missing_field", tmp_path / "proxy.log") as url:
@@ -216,3 +217,4 @@ def test_nexo_contracts_prints_one_line_per_promise(upstream: LocalServer, tmp_p
         )
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "✗ Health" in bad.stdout and "sth_count" in bad.stdout, bad.stdout
+    assert "promises: 0 kept, 1 broken" in bad.stdout, bad.stdout
