@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -158,6 +159,9 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             env["DATABASE_URL"] = stack.enter_context(scratch_postgres())
         if config.getoption("--redis"):
             env["REDIS_URL"] = os.environ.get("NEXO_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+            # Budgets live in Redis: a prefix of its own, so earlier runs (whose user ids
+            # repeat in a fresh database) and other servers do not spend this run's budget.
+            env["NEXO_REDIS_PREFIX"] = f"nexo-contracts-{secrets.token_hex(6)}"
         data_dir = Path(tmp_path_factory.mktemp("nexo-contracts"))
         server = LocalServer(data_dir, env, workers=config.getoption("--workers")).start()
         stack.callback(server.stop)

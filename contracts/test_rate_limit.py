@@ -72,3 +72,5 @@ def test_the_request_after_the_budget_gets_429_with_retry_after(
         f"X-RateLimit-Limit {extra.headers.get('x-ratelimit-limit')!r}, expected {target.rate_limit}"
     )
     assert extra.headers.get("x-ratelimit-remaining") == "0", "the limited response must say 0 remaining"
+    for name in ("ratelimit-policy", "ratelimit", "x-ratelimit-reset"):
+        assert extra.headers.get(name), f"the 429 lacks the {name} header (DESIGN.md)"

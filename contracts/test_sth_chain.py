@@ -192,3 +192,18 @@ def test_the_new_leaf_is_included_and_describes_the_device(
         [verify.b64(h) for h in fresh["audit_path"]],
         verify.b64(latest["root_hash"]),
     )
+
+
+def test_checkpoint_is_a_signed_note_of_an_sth(
+    target: Target, client: httpx.Client, registration: dict[str, Any], log_key: dict[str, Any]
+) -> None:
+    """DESIGN.md: ``/api/log/checkpoint`` serves an STH's signed bytes as a C2SP signed note."""
+    response = client.get(target.url("/api/log/checkpoint"))
+    assert response.status_code == 200, f"GET /api/log/checkpoint -> {response.status_code}"
+    assert response.headers.get("content-type", "").startswith("text/plain"), response.headers.get(
+        "content-type"
+    )
+    body = verify.verify_checkpoint(response.text, log_key["origin"], verify.b64(log_key["public_key"]))
+    index = int(body.decode().split("\n")[3])
+    sth = get_json(client, target.url(f"/api/sth/{index}"))
+    assert body == verify.sth_signed_bytes(sth), f"checkpoint body is not the signed bytes of STH {index}"

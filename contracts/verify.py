@@ -247,3 +247,34 @@ def key_id(origin: str, public_key: bytes) -> bytes:
 
 def _show(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
+
+
+def verify_checkpoint(note: str, origin: str, public_key: bytes) -> bytes:
+    """Check a C2SP signed note served as the log checkpoint; return its signed body.
+
+    The note is the body (ending in LF), a blank line, then signature lines
+    ``— <name> <base64(key ID || signature)>``. The line named ``origin`` with
+    the key ID of ``public_key`` must carry an Ed25519 signature of the body.
+    """
+    body, sep, signatures = note.partition("\n\n")
+    if not sep:
+        raise VerificationError("checkpoint has no blank line between body and signatures")
+    signed = (body + "\n").encode()
+    wanted = key_id(origin, public_key)
+    for line in signatures.splitlines():
+        if not line.startswith("\u2014 "):
+            continue
+        parts = line[2:].split(" ")
+        if len(parts) != 2 or parts[0] != origin:
+            continue
+        blob = b64(parts[1])
+        if blob[:4] != wanted:
+            continue
+        if len(blob) != 68:
+            raise VerificationError(f"checkpoint signature is {len(blob) - 4} bytes, not 64")
+        try:
+            load_public_key(public_key).verify(blob[4:], signed)
+        except InvalidSignature:
+            raise VerificationError("checkpoint signature does not verify with the published key") from None
+        return signed
+    raise VerificationError(f"checkpoint has no signature line by {origin!r} with the log's key ID")

@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 
 from nexo import __version__, contracts_command
 from nexo.config import ConfigError, Settings
+from nexo.devices import commands as devices_commands
 from nexo.ops import commands as ops_commands
+from nexo.transparency import commands as transparency_commands
 
 EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
 
@@ -216,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: Functions that add more subcommands (``register(subparsers)``), one per feature.
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 EXTRA_COMMANDS.append(contracts_command.register)
+EXTRA_COMMANDS.append(transparency_commands.register)
+EXTRA_COMMANDS.append(devices_commands.register)
 EXTRA_COMMANDS.append(ops_commands.register)
 
 

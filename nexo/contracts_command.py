@@ -165,6 +165,10 @@ def cmd_contracts(args: argparse.Namespace) -> int:
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         print(f"nexo: the contract suite could not run (pytest exit code {int(code)})", file=sys.stderr)
         return EXIT_CONFIG
+    broken = sum(1 for o in collector.modules.values() if o.failed)
+    skipped = sum(1 for o in collector.modules.values() if not o.failed and not o.passed)
+    kept = len(collector.modules) - broken - skipped
+    print(f"promises: {kept} kept, {broken} broken, {skipped} skipped")
     if args.junit_xml:
         print(f"JUnit XML written to {args.junit_xml}")
     return EXIT_PROBLEM if collector.failed() or code == pytest.ExitCode.TESTS_FAILED else EXIT_OK

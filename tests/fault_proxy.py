@@ -29,6 +29,7 @@ FAULTS = {
     "health_slow": "answer /api/health 400 ms late",
     "health_missing_field": "drop sth_count from /api/health",
     "dup_new_seq": "ack a duplicate with a new seq",
+    "ack_reused_seq": "ack every message on a connection with the first ack's seq",
     "no_429": "turn 429 into 200 (no rate limit)",
     "sth_bad_signature": "corrupt the signature of every STH after the first",
     "sth_index_skip": "make STH indexes after the first skip one",
@@ -112,6 +113,7 @@ def create_proxy(upstream: str, fault: str) -> Sanic:
             await client.close(1011, f"upstream: {exc}")
             return
         seen: set[str] = set()
+        first_seq: list[int] = []
 
         async def client_to_server() -> None:
             while True:
@@ -123,13 +125,15 @@ def create_proxy(upstream: str, fault: str) -> Sanic:
         async def server_to_client() -> None:
             with contextlib.suppress(ConnectionClosed):
                 async for message in server:
-                    if fault == "dup_new_seq":
-                        frame = json.loads(message)
-                        if frame.get("type") == "ack":
-                            if frame["message_id"] in seen:
-                                frame["seq"] = int(frame["seq"]) + 1_000_000
-                            seen.add(frame["message_id"])
-                            message = json.dumps(frame)
+                    frame = json.loads(message) if fault in {"dup_new_seq", "ack_reused_seq"} else {}
+                    if frame.get("type") == "ack":
+                        if fault == "dup_new_seq" and frame["message_id"] in seen:
+                            frame["seq"] = int(frame["seq"]) + 1_000_000
+                        seen.add(frame["message_id"])
+                        if fault == "ack_reused_seq":
+                            first_seq[:] = first_seq or [frame["seq"]]
+                            frame["seq"] = first_seq[0]
+                        message = json.dumps(frame)
                     await client.send(message)
 
         tasks = [asyncio.create_task(client_to_server()), asyncio.create_task(server_to_client())]

@@ -130,6 +130,9 @@ CASES = [
     ("health_slow", "test_health.py", "test_health_p95", "budget", False),
     ("health_missing_field", "test_health.py", "test_health_answers_200", "sth_count", False),
     ("no_429", "test_rate_limit.py", "test_the_request_after_the_budget", "expected 429", False),
+    ("ws_close_1000", "test_ws_unauthorized.py", "test_bad_token_is_closed", "expected 4401", False),
+    ("ack_reused_seq", "test_ws_ack.py", "test_pipelined_messages", "acks share a seq", False),
+    ("dup_new_seq", "test_no_duplicates.py", "test_resend_on_one_connection", "different seqs", False),
     (
         "sth_bad_signature",
         "test_sth_chain.py",
@@ -200,6 +203,7 @@ def test_nexo_contracts_prints_one_line_per_promise(upstream: LocalServer, tmp_p
     )
     assert good.returncode == 0, good.stdout + good.stderr
     assert "✓ Health" in good.stdout and "health p95 = " in good.stdout and "(budget 200 ms)" in good.stdout
+    assert "promises: 1 kept, 0 broken, 0 skipped" in good.stdout, good.stdout
     report = ET.parse(xml).getroot()  # noqa: S314 - our own report
     assert any(p.get("name") == "figure" for p in report.iter("property")), "JUnit XML lacks the figures"
     with fault_proxy(upstream.base_url, "health_missing_field", tmp_path / "proxy.log") as url:
@@ -213,3 +217,4 @@ def test_nexo_contracts_prints_one_line_per_promise(upstream: LocalServer, tmp_p
         )
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "✗ Health" in bad.stdout and "sth_count" in bad.stdout, bad.stdout
+    assert "promises: 0 kept, 1 broken" in bad.stdout, bad.stdout

@@ -33,10 +33,10 @@ def test_doctor_walks_the_checklist(make_server: ServerFactory, tmp_path: Path) 
     assert "Traceback" not in result.stderr
     lines = _lines(result.stdout)
     assert set(lines) == set(ITEMS), result.stdout
+    assert result.returncode == 0, result.stdout
     for item in ITEMS:
-        if item == "WebSocket connections stable":
-            continue  # asserted once the realtime endpoint is on main
         assert lines[item].startswith("✓"), result.stdout
+    assert "4401" in lines["WebSocket connections stable"]
     assert "q=100;w=60" in lines["Rate limiting working (100 req/min)"]
     assert "max" in lines["Health endpoint responds < 200ms"]
 

@@ -5,9 +5,14 @@ The certificate is self-signed, made here with ``cryptography`` for 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
+import json
+import secrets
 import ssl
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from contracts.server import LocalServer
 from tests.conftest import ServerFactory, server_factory
@@ -112,3 +119,37 @@ def test_no_cors_and_no_hsts_without_configuration(make_server: ServerFactory) -
     response = httpx.get(f"{server.base_url}/api/health", headers={"Origin": "https://app.example"})
     assert "access-control-allow-origin" not in response.headers
     assert "strict-transport-security" not in response.headers
+
+
+def test_wss_carries_the_websocket_protocol(tls_server: tuple[LocalServer, ssl.SSLContext]) -> None:
+    server, context = tls_server
+    assert server.ws_url.startswith("wss://")
+    names = [f"tls_{secrets.token_hex(6)}" for _ in range(2)]
+    tokens = {}
+    with httpx.Client(base_url=server.base_url, verify=context) as client:
+        for name in names:
+            assert (
+                client.post("/api/auth/register", json={"username": name, "password": "p" * 12}).status_code
+                == 201
+            )
+            login = client.post("/api/auth/login", json={"username": name, "password": "p" * 12})
+            tokens[name] = login.json()["access_token"]
+
+    async def exchange() -> tuple[dict[str, object], int | None]:
+        headers = {"Authorization": f"Bearer {tokens[names[0]]}"}
+        async with connect(server.ws_url, ssl=context, additional_headers=headers) as ws:
+            message_id = str(uuid.uuid4())
+            await ws.send(
+                json.dumps({"type": "send", "message_id": message_id, "to": names[1], "body": "über TLS"})
+            )
+            ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        async with connect(
+            server.ws_url, ssl=context, additional_headers={"Authorization": "Bearer x.y.z"}
+        ) as bad:
+            with contextlib.suppress(ConnectionClosed):
+                await asyncio.wait_for(bad.recv(), 10)
+            return ack, bad.close_code
+
+    ack, bad_close = asyncio.run(exchange())
+    assert ack["type"] == "ack" and ack["duplicate"] is False
+    assert bad_close == 4401

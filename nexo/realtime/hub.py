@@ -41,6 +41,8 @@ CLOSES = Counter("nexo_ws_closes_total", "WebSocket closes by Nexo, by close cod
 
 #: Frames waiting in one connection's outbox before it is dropped as too slow.
 MAX_OUTBOX = 100_000
+#: How long a close waits for the client to answer the close handshake (seconds).
+CLOSE_HANDSHAKE_SECONDS = 2.0
 #: Seqs a connection remembers as already pushed.
 RECENT_PUSHES = 4096
 #: Rows read per query when a signal says a user has new messages.
@@ -126,6 +128,12 @@ class Connection:
         CLOSES.labels(str(int(code))).inc()
         with contextlib.suppress(Exception):
             await self.ws.close(int(code), reason.encode()[:120].decode(errors="ignore"))
+            # Sanic's close only sends the frame. Wait for the client's reply, so the TCP
+            # close does not race frames still in flight (an RST would lose the close frame
+            # and the client would see 1006 instead of the code).
+            waiter = getattr(self.ws, "wait_for_connection_lost", None)
+            if waiter is not None:
+                await waiter(CLOSE_HANDSHAKE_SECONDS)
 
     def stop(self) -> None:
         self.closing = True

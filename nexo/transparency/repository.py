@@ -171,3 +171,23 @@ async def leaf_count() -> int:
 async def node_count() -> int:
     rows = await _query("SELECT COUNT(*) FROM log_nodes")
     return int(rows[0][0])
+
+
+async def leaves_at(indexes: Iterable[int]) -> dict[int, bytes]:
+    """The leaves at these indexes (absent ones are left out)."""
+    wanted = sorted(set(indexes))
+    found: dict[int, bytes] = {}
+    for offset in range(0, len(wanted), 500):
+        chunk = wanted[offset : offset + 500]
+        conn = db.connection()
+        if conn.capabilities.dialect == "postgres":
+            rows = await _query(
+                "SELECT leaf_index, leaf FROM log_leaves WHERE leaf_index = ANY($1::bigint[])", [chunk], conn
+            )
+        else:
+            marks = ",".join("?" * len(chunk))
+            rows = await _query(
+                f"SELECT leaf_index, leaf FROM log_leaves WHERE leaf_index IN ({marks})", chunk
+            )
+        found.update({int(row[0]): bytes(row[1]) for row in rows})
+    return found

@@ -192,3 +192,16 @@ def test_a_good_chain_verifies_and_each_break_is_named() -> None:
 def test_key_id_is_the_signed_note_id() -> None:
     key = bytes(range(32))
     assert verify.key_id("example", key) == hashlib.sha256(b"example\n\x01" + key).digest()[:4]
+
+
+def test_checkpoint_signed_note() -> None:
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    body = b"example.org/log\n2\nUg==\n1\n5\nAA==\n"
+    blob = verify.key_id("example.org/log", public) + key.sign(body)
+    note = body.decode() + "\n\u2014 example.org/log " + base64.b64encode(blob).decode() + "\n"
+    assert verify.verify_checkpoint(note, "example.org/log", public) == body
+    with pytest.raises(VerificationError, match="does not verify"):
+        verify.verify_checkpoint(note.replace("\n2\n", "\n3\n"), "example.org/log", public)
+    with pytest.raises(VerificationError, match="no signature line"):
+        verify.verify_checkpoint(note, "other.org/log", public)
