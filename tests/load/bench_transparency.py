@@ -463,6 +463,22 @@ def bench_proofs_and_audit(args: argparse.Namespace, stack: contextlib.ExitStack
                 f"  {label:<11} proof at {size} leaves: server mean {server_ms:.2f} ms; round trip "
                 f"p50 {statistics.median(ms):.2f} ms, p99 {_percentile(ms, 0.99):.2f} ms ({len(ms)} requests)"
             )
+        if args.remote_audit:
+            started = time.perf_counter()
+            result = subprocess.run(
+                [sys.executable, "-m", "nexo", "audit", "--quiet", "--url", server.base_url],
+                env={**os.environ, "DATABASE_URL": "", "NEXO_DATA_DIR": str(data_dir / "none")},
+                cwd=data_dir,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=3600,
+            )
+            lines = result.stdout.strip().splitlines()
+            print(
+                f"  nexo audit --url: exit {result.returncode} in {time.perf_counter() - started:.1f}s wall: "
+                f"{lines[-1] if lines else result.stderr[-300:]}"
+            )
         server.stop()
     if args.part in ("all", "large", "audit"):
         holder = LocalServer(data_dir, {k: v for k, v in env.items() if v != ""})
@@ -493,6 +509,9 @@ def main() -> None:
     parser.add_argument("--leaves", type=int, default=1_000_000)
     parser.add_argument("--sth-every", type=int, default=1000, help="bulk load: leaves per STH")
     parser.add_argument("--proofs", type=int, default=2000, help="proof requests of each kind")
+    parser.add_argument(
+        "--remote-audit", action="store_true", help="also time nexo audit --url on the 1M log"
+    )
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         if args.part in ("all", "register"):
