@@ -34,9 +34,44 @@ class Inbox:
         self._paused = False
         self._chunks: list[bytes | bytearray | memoryview] = []
         self._text = True
+        self._tasks: set[asyncio.Task[None]] = set()
         ws.process_events = self._process_events
+        ws.data_received = self._data_received
+        self._adopt_early_message()
 
-    async def _process_events(self, events: Sequence[Any]) -> None:
+    def _adopt_early_message(self) -> None:
+        """A message that reached Sanic's assembler before this inbox existed."""
+        assembler = getattr(self.ws, "assembler", None)
+        if assembler is None or not assembler.message_complete.is_set():
+            return
+        joiner: Any = b"" if assembler.decoder is None else ""
+        self._items.append(joiner.join(assembler.chunks))
+        assembler.chunks = []
+        assembler.message_complete.clear()
+        assembler.message_fetched.set()
+        self._ready.set()
+
+    def _data_received(self, data: bytes) -> None:
+        """Sanic's ``data_received`` without a task per read when there is only data.
+
+        Data frames are queued synchronously, in order. Anything else (bytes the
+        protocol must send — pong, close reply — or a pong to match) goes the
+        usual asynchronous way.
+        """
+        ws = self.ws
+        proto = ws.ws_proto
+        proto.receive_data(data)
+        to_send = proto.data_to_send()
+        events = proto.events_received()
+        rest = self._take_data(events) if events else []
+        if to_send or rest:
+            task = asyncio.get_running_loop().create_task(ws.async_data_received(to_send, rest))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take_data(self, events: Sequence[Any]) -> list[Any]:
+        """Queue the data frames of ``events``; return the others (pongs, close)."""
+        rest = []
         for event in events:
             if not isinstance(event, Frame):
                 continue
@@ -52,16 +87,22 @@ class Inbox:
                 if event.fin:
                     data, self._chunks = b"".join(self._chunks), []
                     self._add(data, self._text)
-            elif opcode is Opcode.PONG:
-                await self.ws.process_pong(event)
-            elif opcode is Opcode.CLOSE:
-                self._closed = True
+            else:
+                if opcode is Opcode.CLOSE:
+                    self._closed = True
+                rest.append(event)
         self._ready.set()
         if len(self._items) > HIGH_WATER and not self._paused:
             transport = getattr(self.ws.io_proto, "transport", None)
             if transport is not None:
                 transport.pause_reading()
                 self._paused = True
+        return rest
+
+    async def _process_events(self, events: Sequence[Any]) -> None:
+        for event in self._take_data(events):
+            if event.opcode is Opcode.PONG:
+                await self.ws.process_pong(event)
 
     def _add(self, data: bytes | bytearray | memoryview, text: bool) -> None:
         if text:
