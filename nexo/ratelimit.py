@@ -223,9 +223,12 @@ def _token_user(request: Request) -> int | None:
     if tokens is None:
         return None
     try:
-        return int(tokens.verify_access(token.strip()).user_id)
+        claims = tokens.verify_access(token.strip())
     except Exception:  # an invalid token is limited by address; the handler answers 401
         return None
+    # The auth guard reuses the verified claims instead of decoding the JWT again.
+    request.ctx.access_claims = claims
+    return int(claims.user_id)
 
 
 def classify(request: Request, settings: Settings) -> tuple[Bucket, str, RateLimit] | None:

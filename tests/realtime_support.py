@@ -36,6 +36,19 @@ async def open_ws(server: LocalServer, token: str | None = None, **kwargs: Any) 
     return await connect(server.ws_url, additional_headers=headers, ping_interval=None, **kwargs)
 
 
+async def online(server: LocalServer, token: str) -> ClientConnection:
+    """A connection that is authenticated and registered for pushes.
+
+    The server authenticates after the handshake, so a just-opened socket may
+    not be registered yet; a ``sync`` round trip (as a real client does on
+    connect) proves it is.
+    """
+    ws = await open_ws(server, token)
+    await ws.send(json.dumps({"type": "sync", "since": 2**53}))
+    await next_frame(ws, "synced")
+    return ws
+
+
 def send_frame(to: str, body: str = "hello", message_id: str | None = None) -> str:
     return json.dumps({"type": "send", "message_id": message_id or str(uuid.uuid4()), "to": to, "body": body})
 
@@ -132,3 +145,24 @@ def _run_in_thread(factory: Any) -> Any:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+def stored_seqs(server: LocalServer) -> dict[str, int]:
+    """Every stored ``message_id`` with its seq, straight from the database."""
+    url = server.env.get("DATABASE_URL")
+    if url:
+        import asyncpg
+
+        async def query() -> dict[str, int]:
+            conn = await asyncpg.connect(url)
+            try:
+                return {
+                    r["message_id"]: int(r["id"])
+                    for r in await conn.fetch("SELECT id, message_id FROM messages")
+                }
+            finally:
+                await conn.close()
+
+        return dict(_run_in_thread(query))
+    with sqlite3.connect(Path(server.data_dir) / "nexo.db") as db:
+        return {mid: int(seq) for seq, mid in db.execute("SELECT id, message_id FROM messages")}

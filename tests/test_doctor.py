@@ -51,3 +51,10 @@ def test_doctor_fails_when_nothing_answers(tmp_path: Path) -> None:
     assert lines["Health endpoint responds < 200ms"].startswith("✗")
     assert lines["No duplicate messages in database"].startswith("✓")
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_operations_commands_have_help(tmp_path: Path) -> None:
+    for args in (["doctor"], ["check-duplicates"], ["db", "export"], ["db", "import"]):
+        result = run_nexo([*args, "--help"], {}, tmp_path, timeout=30)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "usage: nexo" in result.stdout

@@ -13,6 +13,7 @@ import secrets
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +178,26 @@ def test_a_refused_register_creates_no_user(short: LocalServer) -> None:
         ]
     assert statuses == [201, 201, 201, 429]
     assert users() == before + 3
+
+
+def test_a_refused_message_is_not_stored(make_server: ServerFactory) -> None:
+    short = make_server({"NEXO_RATE_LIMIT": "5/2 seconds"})
+    sender = Account.create(short.base_url)
+    peer = Account.create(short.base_url)
+    time.sleep(2.1)  # the account calls spent part of the 5-per-2-seconds budget
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    with httpx.Client(base_url=short.base_url, headers=sender.headers) as client:
+        statuses = [
+            client.post(
+                "/api/messages", json={"message_id": m, "to": peer.username, "body": "hi"}
+            ).status_code
+            for m in ids
+        ]
+        assert statuses == [201] * 5 + [429]
+        time.sleep(2.1)
+        stored = client.get("/api/messages", params={"since": 0}).json()["messages"]
+        assert [m["message_id"] for m in stored] == ids[:5]
+        assert client.get(f"/api/messages/{ids[5]}").status_code == 404
 
 
 def test_budget_comes_back_after_the_window(short: LocalServer) -> None:

@@ -25,6 +25,7 @@ from tests.realtime_support import (
     duplicate_rows,
     frames_within,
     next_frame,
+    online,
     open_ws,
     send_and_ack,
     send_frame,
@@ -148,8 +149,8 @@ async def test_auth_frame_then_send(ws_server: LocalServer, alice: Account, bob:
 async def test_ack_per_message_and_push_to_every_connection(ws_server: LocalServer) -> None:
     sender, recipient = account(ws_server), account(ws_server)
     tx = await open_ws(ws_server, sender.access_token)
-    rx1 = await open_ws(ws_server, recipient.access_token)
-    rx2 = await open_ws(ws_server, recipient.access_token)
+    rx1 = await online(ws_server, recipient.access_token)
+    rx2 = await online(ws_server, recipient.access_token)
     ids = [str(uuid.uuid4()) for _ in range(20)]
     for i, mid in enumerate(ids):
         await tx.send(send_frame(recipient.username.upper(), f"m{i}", mid))
@@ -202,7 +203,7 @@ async def test_offline_recipient_gets_messages_on_sync(ws_server: LocalServer) -
 
 async def test_duplicates_on_every_path_are_stored_and_pushed_once(ws_server: LocalServer) -> None:
     sender, recipient = account(ws_server), account(ws_server)
-    rx = await open_ws(ws_server, recipient.access_token)
+    rx = await online(ws_server, recipient.access_token)
     tx = await open_ws(ws_server, sender.access_token)
     mid = str(uuid.uuid4())
     first = await send_and_ack(tx, recipient.username, "once", mid)
@@ -233,7 +234,7 @@ async def test_duplicates_on_every_path_are_stored_and_pushed_once(ws_server: Lo
 async def test_concurrent_resends_on_n_connections_store_one_row(ws_server: LocalServer, fresh: bool) -> None:
     n = 8
     sender, recipient = account(ws_server), account(ws_server)
-    rx = await open_ws(ws_server, recipient.access_token)
+    rx = await online(ws_server, recipient.access_token)
     sockets = [await open_ws(ws_server, sender.access_token) for _ in range(n)]
     mid = str(uuid.uuid4())
     if not fresh:

@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from tortoise import fields
@@ -87,9 +88,9 @@ def _row(model: type[Model], i: int, previous: dict[str, Any] | None) -> dict[st
 REAL_ONLY = frozenset({"sths", "log_leaves", "log_nodes", "counters"})
 
 
-def populate_live(server: LocalServer, users: int = 12) -> None:
+def populate_live(server: LocalServer, users: int = 12) -> list[Account]:
     """Real rows through the API: accounts, refresh sessions, devices, revocations (log
-    leaves and signed tree heads), failed logins."""
+    leaves and signed tree heads), failed logins, messages."""
     accounts = [Account.create(server.base_url) for _ in range(users)]
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         for n, account in enumerate(accounts):
@@ -107,6 +108,15 @@ def populate_live(server: LocalServer, users: int = 12) -> None:
             if n % 3 == 0:
                 assert client.delete(f"/api/devices/{ids[0]}", headers=account.headers).status_code == 200
             client.post("/api/auth/login", json={"username": account.username, "password": "wrong-pass"})
+            peer = accounts[(n + 1) % len(accounts)]
+            for k in range(5):
+                response = client.post(
+                    "/api/messages",
+                    json={"message_id": str(uuid.uuid4()), "to": peer.username, "body": f"привет 👋 {n}.{k}"},
+                    headers=account.headers,
+                )
+                assert response.status_code == 201, response.text
+    return accounts
 
 
 async def populate(settings: Settings, rows: int = ROWS) -> dict[str, int]:
@@ -138,6 +148,15 @@ async def _close() -> None:
     EXECUTOR_CACHE.clear()
 
 
+def header_counter(path: Path, name: str) -> int:
+    """A maintained counter's value as exported."""
+    for line in gzip.open(path, "rt", encoding="utf-8"):
+        item = json.loads(line)
+        if item.get("t") == "counters" and item["r"]["name"] == name:
+            return int(item["r"]["value"])
+    raise AssertionError(f"no counter {name!r} in {path}")
+
+
 def _header(path: Path) -> dict[str, Any]:
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         return dict(json.loads(handle.readline()))
@@ -154,7 +173,7 @@ async def test_round_trip_sqlite_postgres_sqlite_is_lossless(
     tmp_path: Path, pg_url: str, make_server: ServerFactory
 ) -> None:
     live = make_server({"DATABASE_URL": ""})
-    populate_live(live)
+    accounts = populate_live(live)
     live.stop()
     source = live.data_dir
     shutil.copy(source / "sth_signing.key", _env(source)["NEXO_SIGNING_KEY_FILE"])
@@ -183,6 +202,34 @@ async def test_round_trip_sqlite_postgres_sqlite_is_lossless(
     third = tmp_path / "third.jsonl.gz"
     _run(["db", "export", "--out", str(third)], _env(back), tmp_path)
     assert _header(third)["tables"] == header["tables"]
+
+    # A server on the imported PostgreSQL database: same users, passwords, counters and
+    # log; new rows continue after the imported ids.
+    conn = await asyncpg.connect(pg_url)
+    try:
+        largest_seq = int(await conn.fetchval("SELECT MAX(id) FROM messages"))
+    finally:
+        await conn.close()
+    served = make_server({"DATABASE_URL": pg_url, "NEXO_SIGNING_KEY_FILE": pg_env["NEXO_SIGNING_KEY_FILE"]})
+    _check_served(served, accounts, header_counter(first, "users"), counts["sths"], largest_seq)
+
+
+def _check_served(
+    served: LocalServer, accounts: list[Account], users: int, sths: int, largest_seq: int
+) -> None:
+    health = httpx.get(f"{served.base_url}/api/health").json()
+    assert health["users_count"] == users
+    assert health["sth_count"] == sths
+    sender, peer = accounts[0], accounts[1]
+    sender.base_url = served.base_url
+    sender.relogin()  # the password hash came across
+    response = httpx.post(
+        f"{served.base_url}/api/messages",
+        json={"message_id": str(uuid.uuid4()), "to": peer.username, "body": "after the move"},
+        headers=sender.headers,
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["seq"] == largest_seq + 1
 
 
 async def test_import_continues_ids_after_the_imported_ones(tmp_path: Path, pg_url: str) -> None:

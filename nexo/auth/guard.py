@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sanic import Request, Sanic
 
 from nexo.auth import repository
-from nexo.auth.tokens import InvalidToken, TokenService
+from nexo.auth.tokens import AccessClaims, InvalidToken, TokenService
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +38,16 @@ def bearer_token(header: str | None) -> str:
     return token.strip()
 
 
-async def principal_for_token(token: str, tokens: TokenService | None = None) -> Principal:
-    """Verify ``token`` and check its session; raise :class:`InvalidToken`."""
-    service: TokenService = tokens or Sanic.get_app().ctx.tokens
-    claims = service.verify_access(token)
+async def principal_for_token(
+    token: str, tokens: TokenService | None = None, claims: AccessClaims | None = None
+) -> Principal:
+    """Verify ``token`` (unless its ``claims`` were verified already) and check its session.
+
+    Raises :class:`InvalidToken`.
+    """
+    if claims is None:
+        service: TokenService = tokens or Sanic.get_app().ctx.tokens
+        claims = service.verify_access(token)
     username = await repository.live_session_username(claims.session_id, claims.user_id)
     if username is None:
         raise InvalidToken("the session has ended or the account no longer exists")
@@ -52,7 +58,9 @@ async def authenticate(request: Request) -> Principal:
     principal: Principal | None = getattr(request.ctx, "principal", None)
     if principal is None:
         token = bearer_token(request.headers.get("authorization"))
-        principal = await principal_for_token(token, request.app.ctx.tokens)
+        # The rate limiter verified this same header already when it was valid.
+        verified: AccessClaims | None = getattr(request.ctx, "access_claims", None)
+        principal = await principal_for_token(token, request.app.ctx.tokens, verified)
         request.ctx.principal = principal
     return principal
 

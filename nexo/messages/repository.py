@@ -66,23 +66,33 @@ def _values_groups(dialect: str, rows: int, columns: int) -> str:
 async def insert_batch(rows: Sequence[NewMessage]) -> dict[str, int]:
     """Insert rows whose ``message_id`` is new; return ``{message_id: seq}`` of those inserted.
 
-    ``rows`` must not repeat a ``message_id``. One statement per
-    :data:`MAX_ROWS_PER_STATEMENT` rows, all committed together. On SQLite
-    the INSERT is the first statement, so the write lock is taken at once
-    (no read-then-write "database is locked"); on PostgreSQL an advisory
-    lock orders commits by seq.
+    ``rows`` must not repeat a ``message_id``; seqs follow their order. On
+    SQLite one statement per :data:`MAX_ROWS_PER_STATEMENT` rows, all committed
+    together; the INSERT is the first statement, so the write lock is taken at
+    once (no read-then-write "database is locked"). On PostgreSQL one statement
+    whose advisory lock orders commits by seq across workers and instances.
     """
     if not rows:
         return {}
     dialect = db.dialect()
     inserted: dict[str, int] = {}
-    chunks = [rows[i : i + MAX_ROWS_PER_STATEMENT] for i in range(0, len(rows), MAX_ROWS_PER_STATEMENT)]
     if dialect == "postgres":
-        async with in_transaction() as conn:
-            await conn.execute_query(f"SELECT pg_advisory_xact_lock({SEQ_LOCK_KEY})")
-            for chunk in chunks:
-                await _insert_chunk(conn, dialect, chunk, inserted)
-    elif len(chunks) == 1:
+        # One statement, one round trip, its own transaction: the CTE takes the
+        # advisory lock before the INSERT draws any seq (volatile CTEs are not
+        # inlined and run before their first row), and holds it until commit.
+        result = await db.connection().execute_query_dict(
+            _PG_INSERT,
+            [
+                [row.message_id for row in rows],
+                [row.sender_id for row in rows],
+                [row.recipient_id for row in rows],
+                [row.body for row in rows],
+                [row.server_ts for row in rows],
+            ],
+        )
+        return {record["message_id"]: int(record["id"]) for record in result}
+    chunks = [rows[i : i + MAX_ROWS_PER_STATEMENT] for i in range(0, len(rows), MAX_ROWS_PER_STATEMENT)]
+    if len(chunks) == 1:
         # One statement is its own transaction in SQLite's autocommit mode.
         await _insert_chunk(db.connection(), dialect, chunks[0], inserted)
     else:
@@ -90,6 +100,16 @@ async def insert_batch(rows: Sequence[NewMessage]) -> dict[str, int]:
             for chunk in chunks:
                 await _insert_chunk(conn, dialect, chunk, inserted)
     return inserted
+
+
+_PG_INSERT = (
+    f"WITH seq_lock AS (SELECT pg_advisory_xact_lock({SEQ_LOCK_KEY})) "
+    "INSERT INTO messages (message_id, sender_id, recipient_id, body, server_ts) "
+    "SELECT u.message_id, u.sender_id, u.recipient_id, u.body, u.server_ts "
+    "FROM seq_lock, unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) "
+    "WITH ORDINALITY AS u(message_id, sender_id, recipient_id, body, server_ts, n) ORDER BY u.n "
+    "ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id"
+)
 
 
 async def _insert_chunk(conn: Any, dialect: str, chunk: Sequence[NewMessage], out: dict[str, int]) -> None:

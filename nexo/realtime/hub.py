@@ -72,8 +72,10 @@ class Connection:
         self._pump_task = asyncio.get_running_loop().create_task(self._pump(), name="nexo-ws-pump")
 
     def post(self, text: str) -> None:
-        """Queue one frame for sending (never blocks)."""
+        """Send one frame now if the socket is writable and idle, else queue it (never blocks)."""
         if self.closing:
+            return
+        if not self._out and self._write_now(text):
             return
         self._out.append(text)
         if len(self._out) > MAX_OUTBOX:
@@ -159,6 +161,33 @@ class Connection:
                 self._flushed.set()
                 return
 
+    def _write_now(self, text: str) -> bool:
+        """Sanic's send without a task switch, when nothing is queued or being written.
+
+        Safe because no ``await`` separates the checks from the write: no other
+        task can take the connection's mutex in between.
+        """
+        ws = self.ws
+        proto = getattr(ws, "ws_proto", None)
+        mutex = getattr(ws, "conn_mutex", None)
+        io = getattr(ws, "io_proto", None)
+        can_write = getattr(io, "_can_write", None)
+        transport = getattr(io, "transport", None)
+        if (
+            proto is None
+            or mutex is None
+            or mutex.locked()
+            or can_write is None
+            or not can_write.is_set()
+            or transport is None
+            or transport.is_closing()
+            or proto.state is not State.OPEN
+        ):
+            return False
+        proto.send_text(text.encode())
+        transport.write(b"".join(proto.data_to_send()))
+        return True
+
     async def _write(self, frames: list[str]) -> None:
         ws = self.ws
         proto = getattr(ws, "ws_proto", None)
@@ -173,7 +202,9 @@ class Connection:
                 raise ConnectionError("websocket is not open")
             for frame in frames:
                 proto.send_text(frame.encode())
-            await ws.send_data([b"".join(proto.data_to_send())])
+            data = b"".join(proto.data_to_send())
+            if data:  # an empty chunk would mean EOF to Sanic
+                await ws.send_data([data])
 
 
 class Hub:

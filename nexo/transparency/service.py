@@ -29,6 +29,22 @@ def out_of_range(message: str) -> BadRequest:
     return BadRequest(message, code=LogErrorCode.OUT_OF_RANGE)
 
 
+class _PublishedSize:
+    """The largest tree size this process has seen signed. Sizes only grow, so a
+    request within it needs no database read to be known in range."""
+
+    value = 0
+
+
+async def published_size(wanted: int) -> int:
+    """A published tree size at least ``wanted`` if there is one (else the latest size)."""
+    if wanted <= _PublishedSize.value:
+        return _PublishedSize.value
+    head = await latest()
+    _PublishedSize.value = max(_PublishedSize.value, head.tree_size)
+    return head.tree_size
+
+
 async def latest() -> SignedTreeHead:
     head = await repository.latest_sth()
     if head is None:
@@ -68,9 +84,9 @@ async def entries(start: int, end: int) -> list[dict[str, Any]]:
 
 
 async def inclusion(leaf_index: int, tree_size: int) -> dict[str, Any]:
-    head = await latest()
-    if tree_size > head.tree_size:
-        raise out_of_range(f"tree_size {tree_size} is beyond the latest STH ({head.tree_size} leaves)")
+    size = await published_size(tree_size)
+    if tree_size > size:
+        raise out_of_range(f"tree_size {tree_size} is beyond the latest STH ({size} leaves)")
     if leaf_index >= tree_size:
         raise out_of_range(f"leaf_index {leaf_index} is not below tree_size {tree_size}")
     ranges = merkle.inclusion_ranges(leaf_index, tree_size)
@@ -84,13 +100,13 @@ async def inclusion(leaf_index: int, tree_size: int) -> dict[str, Any]:
 
 
 async def consistency(first: int, second: int) -> dict[str, Any]:
-    head = await latest()
     if first < 1:
         raise out_of_range("first must be at least 1: nothing is proven from the empty tree")
     if second < first:
         raise out_of_range(f"second ({second}) is smaller than first ({first})")
-    if second > head.tree_size:
-        raise out_of_range(f"second {second} is beyond the latest STH ({head.tree_size} leaves)")
+    size = await published_size(second)
+    if second > size:
+        raise out_of_range(f"second {second} is beyond the latest STH ({size} leaves)")
     ranges = merkle.consistency_ranges(first, second)
     nodes = await repository.get_nodes(merkle.nodes_for(ranges))
     return {

@@ -61,3 +61,15 @@ def test_dev_mode_makes_and_reuses_a_secret(tmp_path: Path) -> None:
     assert len(first) >= 32
     assert Settings.from_env(env, dev=True).jwt_secret == first
     assert (tmp_path / "dev_jwt_secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_log_origin_setting() -> None:
+    from nexo.config import ConfigError as _ConfigError
+    from nexo.config import Settings as _Settings
+
+    base = {"JWT_SECRET": "k" * 40}
+    assert _Settings.from_env(base).log_origin == "nexo.local/log"
+    assert _Settings.from_env({**base, "NEXO_LOG_ORIGIN": "example.com/log"}).log_origin == "example.com/log"
+    for bad in ("two words", "a+b", "line\nbreak"):
+        with pytest.raises(_ConfigError, match="NEXO_LOG_ORIGIN"):
+            _Settings.from_env({**base, "NEXO_LOG_ORIGIN": bad})

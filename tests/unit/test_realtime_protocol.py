@@ -1,0 +1,90 @@
+"""Pure parsing of client frames and the broker payloads (nexo/realtime/protocol.py, broker.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from nexo.realtime.broker import MAX_PAYLOAD, decode, encode
+from nexo.realtime.protocol import (
+    Auth,
+    CloseCode,
+    Delivered,
+    FrameError,
+    Send,
+    Sync,
+    WsError,
+    error_frame,
+    parse_frame,
+)
+
+LIMIT = 64 * 1024
+MID = str(uuid.uuid4())
+
+
+def test_good_frames_parse_to_types() -> None:
+    send = parse_frame(
+        json.dumps({"type": "send", "message_id": MID.upper(), "to": "Bob", "body": "hi"}), LIMIT
+    )
+    assert send == Send(MID, "Bob", "hi")  # message_id canonical lowercase
+    assert parse_frame(json.dumps({"type": "delivered", "message_id": MID}), LIMIT) == Delivered(MID)
+    assert parse_frame('{"type":"sync","since":7}', LIMIT) == Sync(7)
+    assert parse_frame('{"type":"sync"}', LIMIT) == Sync(0)
+    assert parse_frame('{"type":"auth","token":"t"}', LIMIT) == Auth("t")
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{", WsError.INVALID_JSON),
+        ("[]", WsError.INVALID_FRAME),
+        ('"send"', WsError.INVALID_FRAME),
+        ('{"type":"nope"}', WsError.UNKNOWN_TYPE),
+        ('{"type":7}', WsError.UNKNOWN_TYPE),
+        ("{}", WsError.INVALID_FIELD),
+        ('{"type":"send","to":"b","body":"x"}', WsError.INVALID_FIELD),
+        ('{"type":"send","message_id":"123","to":"b","body":"x"}', WsError.INVALID_MESSAGE_ID),
+        (f'{{"type":"send","message_id":"{MID[:-1]}g","to":"b","body":"x"}}', WsError.INVALID_MESSAGE_ID),
+        (f'{{"type":"send","message_id":"{MID}","to":"","body":"x"}}', WsError.UNKNOWN_RECIPIENT),
+        (f'{{"type":"send","message_id":"{MID}","to":"b","body":null}}', WsError.INVALID_FIELD),
+        (f'{{"type":"send","message_id":"{MID}","to":"b","body":"x","extra":1}}', WsError.INVALID_FIELD),
+        ('{"type":"sync","since":-1}', WsError.INVALID_FIELD),
+        ('{"type":"sync","since":true}', WsError.INVALID_FIELD),
+        ('{"type":"sync","since":1.5}', WsError.INVALID_FIELD),
+        ('{"type":"auth"}', WsError.INVALID_FIELD),
+    ],
+)
+def test_bad_frames_raise_stable_codes(text: str, code: WsError) -> None:
+    with pytest.raises(FrameError) as caught:
+        parse_frame(text, LIMIT)
+    assert caught.value.code == code and caught.value.message
+
+
+def test_body_limit_counts_utf8_bytes() -> None:
+    ok = json.dumps({"type": "send", "message_id": MID, "to": "b", "body": "é" * 32768}, ensure_ascii=False)
+    assert isinstance(parse_frame(ok, LIMIT), Send)  # 65536 bytes: at the limit
+    over = json.dumps({"type": "send", "message_id": MID, "to": "b", "body": "é" * 32769}, ensure_ascii=False)
+    with pytest.raises(FrameError) as caught:
+        parse_frame(over, LIMIT)
+    assert caught.value.code == WsError.BODY_TOO_LARGE and caught.value.message_id == MID
+
+
+def test_binary_is_refused_and_errors_echo_the_message_id() -> None:
+    with pytest.raises(FrameError) as caught:
+        parse_frame(b"{}", LIMIT)
+    assert caught.value.code == WsError.BINARY_NOT_SUPPORTED
+    frame = json.loads(error_frame(WsError.NOT_FOUND, "no", MID))
+    assert frame == {"type": "error", "code": "not_found", "message": "no", "message_id": MID}
+    assert int(CloseCode.UNAUTHORIZED) == 4401 and int(CloseCode.MESSAGE_TOO_BIG) == 1009
+
+
+def test_broker_payloads_round_trip_and_skip_our_own() -> None:
+    ids = set(range(1, 5000))
+    payloads = encode("me", ids)
+    assert len(payloads) > 1 and all(len(p) <= MAX_PAYLOAD for p in payloads)
+    got = [i for p in payloads for i in decode(p, "other")]
+    assert sorted(got) == sorted(ids)
+    assert decode(payloads[0], "me") == []
+    assert decode("x|1,a", "me") == [] and decode("garbage", "me") == []
