@@ -73,6 +73,18 @@ async def copies_received(ws: ClientConnection, message_id: str, timeout: float)
     return 1 + sum(1 for f in more if f.get("type") == "message" and f.get("message_id") == message_id)
 
 
+async def live_inbox(target: Target, account: Any) -> ClientConnection:
+    """A recipient connection the server has certainly registered: it answered a ``sync``.
+
+    The push promise is about a connected recipient; a round trip on the socket
+    is how a client knows the server sees it as connected, not just upgraded.
+    """
+    ws = await open_ws(target.ws_url, account.access_token, target.ws_timeout)
+    await ws.send(json.dumps({"type": "sync", "since": 0}))
+    await frame(ws, target.ws_timeout, lambda f: f.get("type") == "synced")
+    return ws
+
+
 def assert_stored_once(target: Target, pair: tuple[Any, Any], message_id: str) -> None:
     sender, recipient = pair
     assert stored_copies(target, sender, message_id) == 1, "the sender's API view must hold the message once"
@@ -95,7 +107,7 @@ def test_resend_on_one_connection(target: Target, pair: tuple[Any, Any], figure:
     outgoing = send_frame(recipient.username, "contract: resend same connection")
 
     async def run() -> tuple[list[dict[str, Any]], int]:
-        inbox = await open_ws(target.ws_url, recipient.access_token, target.ws_timeout)
+        inbox = await live_inbox(target, recipient)
         ws = await open_ws(target.ws_url, sender.access_token, target.ws_timeout)
         try:
             acks = []
@@ -141,7 +153,7 @@ def test_concurrent_resend_on_several_connections(target: Target, pair: tuple[An
     outgoing = send_frame(recipient.username, "contract: concurrent resend")
 
     async def run() -> tuple[list[dict[str, Any]], int]:
-        inbox = await open_ws(target.ws_url, recipient.access_token, target.ws_timeout)
+        inbox = await live_inbox(target, recipient)
         sockets = await asyncio.gather(
             *(open_ws(target.ws_url, sender.access_token, target.ws_timeout) for _ in range(CONNECTIONS))
         )
