@@ -10,27 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
 from nexo import __version__, contracts_command
-from nexo.config import ConfigError, Settings
+from nexo.config import ConfigError
+from nexo.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM, fail, load_settings
 from nexo.devices import commands as devices_commands
 from nexo.ops import commands as ops_commands
 from nexo.transparency import commands as transparency_commands
-
-EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
-
-
-def fail(message: str, code: int = EXIT_CONFIG) -> int:
-    print(f"nexo: {message}", file=sys.stderr)
-    return code
-
-
-def load_settings(*, dev: bool = False) -> Settings:
-    return Settings.from_env(dev=dev)
-
 
 # -- serve / dev ---------------------------------------------------------------------------
 

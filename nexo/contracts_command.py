@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nexo.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM
+
 #: Contract module -> the runbook promise it checks, in the order they are printed.
 PROMISES: dict[str, str] = {
     "test_health.py": "Health: 200, status/timestamp/users_count/sth_count, fast after warm-up",
@@ -26,8 +28,6 @@ PROMISES: dict[str, str] = {
     "test_rate_limit.py": "Rate limiting: 100 req/min, then 429 with Retry-After",
     "test_sth_chain.py": "STH chain: index +1, signatures, links and proofs verify",
 }
-
-EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
 
 
 @dataclass

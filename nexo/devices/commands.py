@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nexo.config import ConfigError
+from nexo.console import EXIT_CONFIG, EXIT_OK
 
-EXIT_OK, EXIT_CONFIG = 0, 2
 _SPAN = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 

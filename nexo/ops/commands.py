@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nexo.config import ConfigError, Settings
+from nexo.config import ConfigError
+from nexo.console import EXIT_OK, EXIT_PROBLEM, fail, load_settings
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
-
-EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
-
-
-def fail(message: str, code: int = EXIT_CONFIG) -> int:
-    print(f"nexo: {message}", file=sys.stderr)
-    return code
-
-
-def load_settings(*, dev: bool = False) -> Settings:
-    return Settings.from_env(dev=dev)
 
 
 def cmd_check_duplicates(args: argparse.Namespace) -> int:

@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 
 from nexo.config import ConfigError, Settings
+from nexo.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM
 from nexo.transparency.audit import Anomaly, LocalSource, RemoteSource, Report, Source, run_audit
 from nexo.transparency.sth import STHError, unb64
-
-EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
 
 
 def offline_settings() -> Settings:

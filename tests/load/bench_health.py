@@ -29,22 +29,28 @@ from urllib.parse import urlparse
 
 from contracts.server import LocalServer, scratch_postgres
 
-REQUEST = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n"
+
+def http_get(path: str) -> bytes:
+    """One keep-alive HTTP/1.1 GET, as bytes on the wire."""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n".encode()
 
 
-async def _one_connection(host: str, port: int, deadline: float, latencies: list[float]) -> None:
+async def _one_connection(
+    host: str, port: int, request: bytes, deadline: float, latencies: list[float]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            writer.write(REQUEST)
+            writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":", 1)[1])
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"health answered {head.splitlines()[0]!r}")
+            status = head[9:12]
+            if status == b"429" or status.startswith(b"5"):
+                raise RuntimeError(f"the server answered {head.splitlines()[0]!r}")
             await reader.readexactly(length)
             latencies.append(time.perf_counter() - started)
     finally:
@@ -54,25 +60,32 @@ async def _one_connection(host: str, port: int, deadline: float, latencies: list
 
 
 def _client_process(
-    host: str, port: int, connections: int, start_at: float, seconds: float, out: object
+    host: str, port: int, request: bytes, connections: int, start_at: float, seconds: float, out: object
 ) -> None:
     async def run() -> list[float]:
         latencies: list[float] = []
         await asyncio.sleep(max(0.0, start_at - time.time()))
         deadline = time.perf_counter() + seconds
-        await asyncio.gather(*(_one_connection(host, port, deadline, latencies) for _ in range(connections)))
+        await asyncio.gather(
+            *(_one_connection(host, port, request, deadline, latencies) for _ in range(connections))
+        )
         return latencies
 
     out.put(asyncio.run(run()))  # type: ignore[attr-defined]
 
 
-def measure(host: str, port: int, connections: int, seconds: float, processes: int) -> dict[str, float]:
+def measure(
+    host: str, port: int, connections: int, seconds: float, processes: int = 1, path: str = "/api/health"
+) -> dict[str, float]:
+    """Keep ``connections`` keep-alive GETs of ``path`` busy for ``seconds``; latency figures in ms."""
     processes = max(1, min(processes, connections))
     shares = [connections // processes + (1 if i < connections % processes else 0) for i in range(processes)]
     queue: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
     start_at = time.time() + 0.5
     workers = [
-        multiprocessing.Process(target=_client_process, args=(host, port, n, start_at, seconds, queue))
+        multiprocessing.Process(
+            target=_client_process, args=(host, port, http_get(path), n, start_at, seconds, queue)
+        )
         for n in shares
     ]
     for worker in workers:

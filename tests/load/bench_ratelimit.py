@@ -18,54 +18,16 @@ generator; the report says so.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import secrets
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from contracts.server import DEFAULT_REDIS_URL, LocalServer
+from tests.load.bench_health import measure as measure_get
 
 
-def _request(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n".encode()
-
-
-async def _connection(port: int, request: bytes, deadline: float, latencies: list[float]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if head.startswith(b"HTTP/1.1 429"):
-                raise RuntimeError("the budget was spent: raise NEXO_RATE_LIMIT")
-            await reader.readexactly(length)
-            latencies.append(time.perf_counter() - started)
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-
-
-async def measure(port: int, path: str, connections: int, seconds: float) -> tuple[float, float, float]:
-    """(requests per second, p50 ms, p99 ms)."""
-    request = _request(path)
-    await _connection(port, request, time.perf_counter() + 0.5, [])  # warm-up
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-    started = time.perf_counter()
-    await asyncio.gather(*(_connection(port, request, deadline, latencies) for _ in range(connections)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return len(latencies) / elapsed, statistics.median(latencies) * 1000, p99 * 1000
+def measure(port: int, connections: int, seconds: float, path: str) -> dict[str, float]:
+    return measure_get("127.0.0.1", port, connections, seconds, path=path)
 
 
 def main() -> None:
@@ -85,8 +47,12 @@ def main() -> None:
             with LocalServer(Path(tmp) / storage, env) as server:
                 for path in ("/api/health", "/api/rate-probe"):
                     for connections in counts:
-                        rps, p50, p99 = asyncio.run(measure(server.port, path, connections, args.seconds))
-                        print(f"{storage:<8} {path:<18} {connections:>5} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f}")
+                        measure(server.port, 1, 0.5, path=path)  # warm-up
+                        r = measure(server.port, connections, args.seconds, path=path)
+                        print(
+                            f"{storage:<8} {path:<18} {connections:>5} {r['rps']:>9.0f} "
+                            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
+                        )
 
 
 if __name__ == "__main__":
