@@ -97,7 +97,7 @@ def setup(app: Sanic) -> None:
 @bp.websocket("/ws")
 async def websocket(request: Request, ws: Any) -> None:
     app = request.app
-    request_id = getattr(request.ctx, "request_id", None) or uuid.uuid4().hex
+    request_id = getattr(request, "request_id", None) or uuid.uuid4().hex  # NexoRequest.request_id
     conn: Connection | None = None
     hub: Hub = app.ctx.hub
     inbox = Inbox(ws)
