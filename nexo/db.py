@@ -11,6 +11,7 @@ into request tasks, so :func:`init_db` always enables the global fallback
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import urlencode, urlparse, urlunparse
 
@@ -84,6 +85,17 @@ def connection() -> BaseDBAsyncClient:
 def dialect() -> str:
     """``sqlite`` or ``postgres``: repositories pick placeholders with it."""
     return connection().capabilities.dialect
+
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def placeholders(query: str, dialect_name: str | None = None) -> str:
+    """Write hand-made SQL with ``?`` placeholders; PostgreSQL gets ``$1, $2, ...``."""
+    if (dialect_name or dialect()) != "postgres":
+        return query
+    counter = iter(range(1, 1_000_000))
+    return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", query)
 
 
 async def push_schema() -> int:

@@ -19,6 +19,7 @@ from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, json
 
 from nexo import __version__, counters
+from nexo.timefmt import utc_iso
 
 log = logging.getLogger("nexo.health")
 
@@ -71,7 +72,7 @@ class HealthMonitor:
         now = datetime.now(UTC)
         body: dict[str, object] = {
             "status": "ok" if healthy else "degraded",
-            "timestamp": now.isoformat().replace("+00:00", "Z"),
+            "timestamp": utc_iso(now),
             "users_count": self.values.get("users", 0),
             "sth_count": self.values.get("sths", 0),
             "version": __version__,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel
 from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, empty, json
@@ -15,6 +13,7 @@ from nexo.auth.passwords import Passwords
 from nexo.auth.service import AuthService
 from nexo.auth.tokens import TokenService
 from nexo.ratelimit import client_address
+from nexo.timefmt import utc_iso
 from nexo.validation import Body, parse_body
 
 bp = Blueprint("auth", url_prefix="/api")
@@ -50,12 +49,8 @@ class TokenPairOut(BaseModel):
     refresh_token: str
 
 
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def user_json(user: User) -> dict[str, object]:
-    return {"user": {"id": user.id, "username": user.username, "created_at": iso(user.created_at)}}
+    return {"user": {"id": user.id, "username": user.username, "created_at": utc_iso(user.created_at)}}
 
 
 def service(request: Request) -> AuthService:

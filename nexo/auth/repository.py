@@ -113,11 +113,11 @@ async def live_session_username(session_id: str, user_id: int) -> str | None:
 
     One indexed query per authenticated request, so it is written by hand.
     """
-    conn = db.connection()
-    mark = ("$1", "$2") if db.dialect() == "postgres" else ("?", "?")
-    rows = await conn.execute_query_dict(
-        "SELECT u.username FROM sessions s JOIN users u ON u.id = s.user_id "
-        f"WHERE s.id = {mark[0]} AND s.user_id = {mark[1]} AND s.revoked_at IS NULL",
+    rows = await db.connection().execute_query_dict(
+        db.placeholders(
+            "SELECT u.username FROM sessions s JOIN users u ON u.id = s.user_id "
+            "WHERE s.id = ? AND s.user_id = ? AND s.revoked_at IS NULL"
+        ),
         [session_id, user_id],
     )
     return str(rows[0]["username"]) if rows else None

@@ -12,6 +12,7 @@ from typing import Any
 
 from nexo.config import ConfigError
 from nexo.console import EXIT_CONFIG, EXIT_OK
+from nexo.timefmt import utc_iso
 
 _SPAN = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -75,7 +76,7 @@ async def _review(since: datetime, username: str | None) -> list[dict[str, Any]]
                 )
         rows.sort(key=lambda r: (r["at"], r["leaf_index"] or 0))
         for row in rows:
-            row["at"] = row["at"].isoformat().replace("+00:00", "Z")
+            row["at"] = utc_iso(row["at"])
         return rows
     finally:
         await db.close_db()
@@ -89,7 +90,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         print(f"nexo: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.json:
-        print(json.dumps({"since": since.isoformat().replace("+00:00", "Z"), "events": rows}, indent=2))
+        print(json.dumps({"since": utc_iso(since), "events": rows}, indent=2))
         return EXIT_OK
     registered = sum(1 for r in rows if r["action"] == "register")
     print(

@@ -27,6 +27,7 @@ from nexo.devices import repository
 from nexo.devices.models import Device
 from nexo.devices.repository import NewDevice, Revocation
 from nexo.errors import BadRequest, Conflict, NotFound
+from nexo.timefmt import utc_iso
 from nexo.transparency.sequencer import Rejected, Sequenced, Sequencer
 from nexo.transparency.sth import b64
 
@@ -93,7 +94,7 @@ def check_name(text: str) -> str:
 
 
 def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+    return None if moment is None else utc_iso(moment)
 
 
 def device_json(device: Device) -> dict[str, Any]:
@@ -109,15 +110,13 @@ def device_json(device: Device) -> dict[str, Any]:
     }
 
 
+_PUBLIC_FIELDS = ("id", "name", "key_type", "public_key", "created_at", "leaf_index")
+
+
 def public_device_json(device: Device) -> dict[str, Any]:
-    return {
-        "id": str(device.id),
-        "name": device.name,
-        "key_type": device.key_type,
-        "public_key": device.public_key,
-        "created_at": iso(device.created_at),
-        "leaf_index": device.leaf_index,
-    }
+    """What anyone may see of an active device: :func:`device_json` without revocation details."""
+    full = device_json(device)
+    return {name: full[name] for name in _PUBLIC_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)

@@ -460,51 +460,16 @@ class LocalSource:
         return (latest.index + 1 if latest else 0), await repository.leaf_count()
 
     async def sths(self) -> AsyncIterator[RawSTH]:
-        from nexo import db
+        from nexo.transparency import repository
 
-        conn = db.connection()
-        last = -1
-        while True:
-            query = (
-                'SELECT "index", tree_size, root_hash, timestamp_ms, prev_sth_hash, origin, signature, '
-                'sth_hash FROM sths WHERE "index" > ? ORDER BY "index" LIMIT ?'
-            )
-            if conn.capabilities.dialect == "postgres":
-                query = query.replace("?", "$1", 1).replace("?", "$2", 1)
-            _, rows = await conn.execute_query(query, [last, self.PAGE])
-            if not rows:
-                return
-            for row in rows:
-                head = TreeHead(
-                    origin=str(row[5]),
-                    index=int(row[0]),
-                    tree_size=int(row[1]),
-                    root_hash=bytes(row[2]),
-                    timestamp_ms=int(row[3]),
-                    prev_sth_hash=bytes(row[4]),
-                )
-                yield RawSTH(SignedTreeHead(head, bytes(row[6])), bytes(row[7]))
-            last = int(rows[-1][0])
+        async for sth, stated_hash in repository.iter_sths(self.PAGE):
+            yield RawSTH(sth, stated_hash)
 
     async def leaves(self) -> AsyncIterator[tuple[int, bytes, bytes | None]]:
-        from nexo import db
+        from nexo.transparency import repository
 
-        conn = db.connection()
-        last = -1
-        while True:
-            query = (
-                "SELECT l.leaf_index, l.leaf, n.hash FROM log_leaves l "
-                "LEFT JOIN log_nodes n ON n.key = l.leaf_index "
-                "WHERE l.leaf_index > ? ORDER BY l.leaf_index LIMIT ?"
-            )
-            if conn.capabilities.dialect == "postgres":
-                query = query.replace("?", "$1", 1).replace("?", "$2", 1)
-            _, rows = await conn.execute_query(query, [last, self.PAGE])
-            if not rows:
-                return
-            for row in rows:
-                yield int(row[0]), bytes(row[1]), (bytes(row[2]) if row[2] is not None else b"")
-            last = int(rows[-1][0])
+        async for entry in repository.iter_leaves(self.PAGE):
+            yield entry
 
     async def consistency(self, first: int, second: int) -> list[bytes]:
         from nexo.transparency import repository

@@ -8,8 +8,7 @@ O(batch + log n) nodes.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -24,15 +23,10 @@ SEQUENCER_LOCK_ID = 0x6E65786F2D6C6F67 & 0x7FFFFFFFFFFFFFFF
 _STH_COLUMNS = (
     '"index", tree_size, root_hash, timestamp_ms, prev_sth_hash, origin, signature'  # "index" is a keyword
 )
-_PLACEHOLDER = re.compile(r"\?")
 
 
 def _sql(query: str, conn: BaseDBAsyncClient) -> str:
-    """``?`` placeholders for SQLite, ``$n`` for PostgreSQL."""
-    if conn.capabilities.dialect == "postgres":
-        counter = iter(range(1, 10_000))
-        return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", query)
-    return query
+    return db.placeholders(query, conn.capabilities.dialect)
 
 
 def _row_to_sth(row: Any) -> SignedTreeHead:
@@ -86,18 +80,35 @@ async def list_sths(start: int, limit: int) -> list[SignedTreeHead]:
     return [_row_to_sth(row) for row in rows]
 
 
-async def iter_sths(batch: int = 5000) -> Any:
-    """Every STH in index order, ``batch`` rows per query (for the audit)."""
+async def iter_sths(batch: int = 5000) -> AsyncIterator[tuple[SignedTreeHead, bytes]]:
+    """Every STH in index order with its *stored* ``sth_hash`` (for the audit), ``batch`` per query."""
     last = -1
     while True:
         rows = await _query(
-            f'SELECT {_STH_COLUMNS} FROM sths WHERE "index" > ? ORDER BY "index" LIMIT ?',
+            f'SELECT {_STH_COLUMNS}, sth_hash FROM sths WHERE "index" > ? ORDER BY "index" LIMIT ?',
             [last, batch],
         )
         if not rows:
             return
         for row in rows:
-            yield _row_to_sth(row)
+            yield _row_to_sth(row), bytes(row[7])
+        last = int(rows[-1][0])
+
+
+async def iter_leaves(batch: int = 5000) -> AsyncIterator[tuple[int, bytes, bytes]]:
+    """Every leaf in index order with its stored leaf hash (``b""`` when missing), for the audit."""
+    last = -1
+    while True:
+        rows = await _query(
+            "SELECT l.leaf_index, l.leaf, n.hash FROM log_leaves l "
+            "LEFT JOIN log_nodes n ON n.key = l.leaf_index "
+            "WHERE l.leaf_index > ? ORDER BY l.leaf_index LIMIT ?",
+            [last, batch],
+        )
+        if not rows:
+            return
+        for row in rows:
+            yield int(row[0]), bytes(row[1]), (bytes(row[2]) if row[2] is not None else b"")
         last = int(rows[-1][0])
 
 
