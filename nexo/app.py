@@ -18,6 +18,7 @@ from sanic.response import BaseHTTPResponse
 
 from nexo import db, errors, health, logs, metrics, ratelimit
 from nexo.auth import endpoints as auth_endpoints
+from nexo.checkpoint import Checkpointer
 from nexo.config import Settings
 from nexo.devices import endpoints as devices_endpoints
 from nexo.messages import endpoints as messages_endpoints
@@ -91,10 +92,19 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     app.error_handler.add(Exception, errors.render)
 
     async def open_database(app: NexoApp) -> None:
-        await db.init_db(app.ctx.settings, create_schema=False)
+        settings: Settings = app.ctx.settings
+        await db.init_db(settings, create_schema=False)
+        app.ctx.checkpointer = None
+        if settings.database_kind == "sqlite":
+            # Checkpoints move to their own thread (nexo/checkpoint.py), off the commits.
+            await db.connection().execute_script("PRAGMA wal_autocheckpoint = 0")
+            app.ctx.checkpointer = Checkpointer(settings.sqlite_path)
+            app.ctx.checkpointer.start()
 
     async def close_database(app: NexoApp) -> None:
         await db.close_db()
+        if app.ctx.checkpointer is not None:
+            app.ctx.checkpointer.stop()
 
     app.register_listener(open_database, "before_server_start", priority=1000)
     app.register_listener(close_database, "after_server_stop", priority=-1000)

@@ -1,13 +1,16 @@
 """Rate limiting (DESIGN.md "Rate limiting"; docs/ratelimit.md).
 
-Algorithm: the ``limits`` library's **moving window** (a log of hit timestamps
-per key): at most ``amount`` hits are counted in *any* interval of
-``window_seconds``, so no client gets 200 requests across a window boundary.
-A refused hit is not recorded, so hammering does not extend a lockout.
+Algorithm: a **moving window** (a log of hit timestamps per key): at most
+``amount`` hits are counted in *any* interval of ``window_seconds``, so no
+client gets 200 requests across a window boundary. A refused hit is not
+recorded, so hammering does not extend a lockout.
 
-Storage: in process by default; Redis when ``REDIS_URL`` is set (redis-py,
-one Lua script per hit, so the check-and-record is atomic across every worker
-and instance sharing that Redis). Keys start with ``NEXO_REDIS_PREFIX``.
+Storage: in process by default (:class:`MemoryWindows`, synchronous and
+O(1) amortised per hit: it sits on the path of every request and of every
+WebSocket ``send`` burst); Redis when ``REDIS_URL`` is set (the ``limits``
+library's moving window, redis-py, one Lua script per hit, so the
+check-and-record is atomic across every worker and instance sharing that
+Redis). Keys start with ``NEXO_REDIS_PREFIX``.
 When Redis fails, the limiter keeps serving from per-process storage, logs an
 error, counts ``nexo_ratelimit_storage_errors_total`` and retries Redis after
 ``REDIS_RETRY_SECONDS``.
@@ -24,12 +27,14 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
 from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter, Gauge
 from sanic import Request, Sanic
@@ -97,6 +102,74 @@ def _item(rate: RateLimit) -> RateLimitItem:
     return RateLimitItemPerSecond(rate.amount, rate.window_seconds)
 
 
+class _Log:
+    """The counted hits of one key: times (oldest first), the cost of each, their sum."""
+
+    __slots__ = ("costs", "times", "total")
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
+        self.costs: deque[int] = deque()
+        self.total = 0
+
+
+class MemoryWindows:
+    """Moving-window logs in process memory, one per (bucket, identity, rate).
+
+    Pure and synchronous: ``clock`` is the only input besides the arguments.
+    Idle logs are dropped by a sweep at most every :data:`SWEEP_SECONDS`.
+    """
+
+    SWEEP_SECONDS = 10.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._logs: dict[tuple[str, str, RateLimit], _Log] = {}
+        self._next_sweep = clock() + self.SWEEP_SECONDS
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    def hit(self, bucket: str, identity: str, rate: RateLimit, cost: int = 1) -> Decision:
+        """Count ``cost`` hits now if all fit in the window, else none."""
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        key = (bucket, identity, rate)
+        entry = self._logs.get(key)
+        if entry is None:
+            entry = self._logs[key] = _Log()
+        window = rate.window_seconds
+        times, costs = entry.times, entry.costs
+        horizon = now - window
+        while times and times[0] <= horizon:
+            times.popleft()
+            entry.total -= costs.popleft()
+        allowed = entry.total + cost <= rate.amount
+        if allowed and cost > 0:
+            times.append(now)
+            costs.append(cost)
+            entry.total += cost
+        reset_after = times[0] + window - now if times else float(window)
+        return Decision(
+            allowed=allowed,
+            limit=rate.amount,
+            remaining=max(0, rate.amount - entry.total),
+            reset_after=max(0.0, reset_after),
+            retry_after=0.0 if allowed else max(reset_after, 0.001),
+        )
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self.SWEEP_SECONDS
+        idle = [
+            key
+            for key, entry in self._logs.items()
+            if not entry.times or entry.times[-1] <= now - key[2].window_seconds
+        ]
+        for key in idle:
+            del self._logs[key]
+
+
 def redis_storage_uri(redis_url: str) -> str:
     """``redis://...`` → the ``limits`` async scheme (``async+redis://...``)."""
     if redis_url.startswith("unix://"):
@@ -109,7 +182,7 @@ class Limiter:
 
     def __init__(self, redis_url: str | None = None, prefix: str = "nexo") -> None:
         self.redis_url = redis_url
-        self._memory = MovingWindowRateLimiter(MemoryStorage())
+        self._memory = MemoryWindows()
         self._redis_storage: RedisStorage | None = None
         self._redis: MovingWindowRateLimiter | None = None
         if redis_url:
@@ -135,10 +208,10 @@ class Limiter:
 
     async def hit(self, bucket: str, identity: str, rate: RateLimit, cost: int = 1) -> Decision:
         """Count ``cost`` hits of ``identity`` in ``bucket`` at ``rate`` (all or none); never raises."""
-        item = self._items.get(rate)
-        if item is None:
-            item = self._items.setdefault(rate, _item(rate))
         if self._redis is not None and time.monotonic() >= self._retry_redis_at:
+            item = self._items.get(rate)
+            if item is None:
+                item = self._items.setdefault(rate, _item(rate))
             try:
                 decision = await _decide(self._redis, item, bucket, identity, cost)
             except Exception as exc:  # any storage failure: keep serving from memory
@@ -149,7 +222,7 @@ class Limiter:
                     FALLBACK.set(0)
                     log.warning("rate limiting: Redis answers again; limits are shared again")
                 return decision
-        return await _decide(self._memory, item, bucket, identity, cost)
+        return self._memory.hit(bucket, identity, rate, cost)
 
     def _redis_failed(self, exc: Exception) -> None:
         STORAGE_ERRORS.inc()

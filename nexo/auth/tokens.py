@@ -5,6 +5,11 @@ valid for verification during a rotation. The ``kid`` header selects the key;
 a token without ``kid`` is checked against ``JWT_SECRET``. Verification pins
 the algorithm list and requires every claim (PyJWT checks a claim only if it
 is present). Pure: no database.
+
+A token that verified once is remembered (its claims cannot change: they are
+covered by the signature), so a client's many requests with one token pay
+for the HMAC and PyJWT's parsing once; expiry is checked on every use, and
+session revocation is the guard's job, never cached here.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ ALGORITHM = "HS256"
 LEEWAY_SECONDS = 30
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "sub", "jti", "typ", "sid")
 ACCESS = "access"
+#: Verified tokens remembered; the oldest is forgotten first.
+VERIFIED_CACHE_SIZE = 20_000
 
 
 class InvalidToken(Unauthorized):
@@ -64,6 +71,7 @@ class TokenService:
         self._secret = settings.jwt_secret
         self._keys = {key_id(s): s for s in settings.jwt_previous_secrets}
         self._keys[self.current_kid] = settings.jwt_secret
+        self._verified: dict[str, AccessClaims] = {}
 
     def issue_access(self, user_id: int, username: str, session_id: str, now: float | None = None) -> str:
         issued = int(now if now is not None else time.time())
@@ -79,8 +87,24 @@ class TokenService:
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.current_kid})
 
-    def verify_access(self, token: str) -> AccessClaims:
-        """Check signature, algorithm, issuer, lifetime, type and claims; raise :class:`InvalidToken`."""
+    def verify_access(self, token: str, now: float | None = None) -> AccessClaims:
+        """Check signature, algorithm, issuer, lifetime, type and claims; raise :class:`InvalidToken`.
+
+        ``now`` (Unix seconds, default the clock) is what expiry is checked against.
+        """
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = claims
+        if (time.time() if now is None else now) >= claims.exp + LEEWAY_SECONDS:
+            self._verified.pop(token, None)
+            raise InvalidToken("the token has expired")
+        return claims
+
+    def _verify(self, token: str) -> AccessClaims:
+        """Everything but expiry, which :meth:`verify_access` checks on every use."""
         if not token or token.count(".") != 2:
             raise InvalidToken("the token is not a JWT")
         try:
@@ -100,10 +124,8 @@ class TokenService:
                 algorithms=[ALGORITHM],
                 issuer=self.issuer,
                 leeway=LEEWAY_SECONDS,
-                options={"require": list(REQUIRED_CLAIMS)},
+                options={"require": list(REQUIRED_CLAIMS), "verify_exp": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("the token has expired") from None
         except jwt.ImmatureSignatureError:
             raise InvalidToken("the token is not valid yet") from None
         except jwt.InvalidIssuerError:
@@ -116,6 +138,8 @@ class TokenService:
             raise InvalidToken("the token is malformed") from None
         if claims.get("typ") != ACCESS:
             raise InvalidToken("this is not an access token")
+        if not all(type(claims[name]) is int for name in ("exp", "iat")):
+            raise InvalidToken("the token's claims are malformed")
         try:
             user_id = int(claims["sub"])
             return AccessClaims(

@@ -175,11 +175,11 @@ def _split(items: list[Any], parts: int) -> list[list[Any]]:
     return [items[i::parts] for i in range(parts)]
 
 
-def session_cpu_seconds(session_id: int | None) -> float:
-    """CPU seconds (user+system) of every process in the server's session (Linux /proc)."""
+def session_cpu_seconds(session_id: int | None) -> tuple[float, float]:
+    """CPU seconds (user, system) of every process in the server's session (Linux /proc)."""
     if session_id is None:
-        return float("nan")
-    total = 0
+        return float("nan"), float("nan")
+    user = system = 0
     tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -190,8 +190,9 @@ def session_cpu_seconds(session_id: int | None) -> float:
         except OSError:
             continue
         if int(fields[3]) == session_id:  # field 6 (session) after pid and comm
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / tick, system / tick
 
 
 SERVER_SESSION: int | None = None
@@ -222,9 +223,11 @@ def run_throughput(
     for p in workers:
         p.join(10)
     total = len(lat)
-    cpu = session_cpu_seconds(SERVER_SESSION) - cpu_before
+    user_after, system_after = session_cpu_seconds(SERVER_SESSION)
+    user, system = user_after - cpu_before[0], system_after - cpu_before[1]
     return {
-        "server_cpu_us": cpu / total * 1e6,
+        "server_cpu_us": (user + system) / total * 1e6,
+        "server_sys_us": system / total * 1e6,
         "acked": total,
         "seconds": last - first,
         "rate": total / (last - first),
@@ -363,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"conns={n:<4} inflight={depth:<3} acked={result['acked']:<7} "
                     f"rate={result['rate']:>9.0f} msg/s  ack p50={result['p50_ms']:.2f} ms "
                     f"p99={result['p99_ms']:.2f} ms max={result['max_ms']:.1f} ms  "
-                    f"server CPU {result['server_cpu_us']:.0f} us/msg",
+                    f"server CPU {result['server_cpu_us']:.0f} us/msg ({result['server_sys_us']:.0f} system)",
                     flush=True,
                 )
         if args.e2e_conns:
