@@ -224,6 +224,13 @@ class Limiter:
                 return decision
         return self._memory.hit(bucket, identity, rate, cost)
 
+    def hit_now(self, bucket: str, identity: str, rate: RateLimit, cost: int = 1) -> Decision | None:
+        """:meth:`hit` without waiting when the limits are in process memory; ``None`` when
+        Redis must be asked (then call :meth:`hit`)."""
+        if self._redis is not None and time.monotonic() >= self._retry_redis_at:
+            return None
+        return self._memory.hit(bucket, identity, rate, cost)
+
     def _redis_failed(self, exc: Exception) -> None:
         STORAGE_ERRORS.inc()
         self._retry_redis_at = time.monotonic() + REDIS_RETRY_SECONDS

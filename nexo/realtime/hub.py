@@ -29,7 +29,7 @@ from websockets.protocol import State
 from nexo.messages import repository
 from nexo.messages.repository import StoredMessage
 from nexo.messages.service import Delivery
-from nexo.realtime.protocol import CloseCode, ServerFrame, dumps
+from nexo.realtime.protocol import CloseCode, ServerFrame, dumps, text_frame
 
 log = logging.getLogger("nexo.realtime")
 
@@ -184,8 +184,11 @@ class Connection:
             or proto.state is not State.OPEN
         ):
             return False
-        proto.send_text(text.encode())
-        transport.write(b"".join(proto.data_to_send()))
+        if proto.extensions:  # none are negotiated today; if ever, websockets frames the data
+            proto.send_text(text.encode())
+            transport.write(b"".join(proto.data_to_send()))
+        else:
+            transport.write(text_frame(text.encode()))
         return True
 
     async def _write(self, frames: list[str]) -> None:
@@ -200,9 +203,12 @@ class Connection:
         async with mutex:
             if proto.state is not State.OPEN:
                 raise ConnectionError("websocket is not open")
-            for frame in frames:
-                proto.send_text(frame.encode())
-            data = b"".join(proto.data_to_send())
+            if proto.extensions:
+                for frame in frames:
+                    proto.send_text(frame.encode())
+                data = b"".join(proto.data_to_send())
+            else:
+                data = b"".join([text_frame(frame.encode()) for frame in frames])
             if data:  # an empty chunk would mean EOF to Sanic
                 await ws.send_data([data])
 

@@ -7,13 +7,18 @@ protocol (it replaces the connection's ``process_events``), queues complete
 text/binary messages, answers pongs as Sanic does, and pauses reading from
 the socket while too many messages wait, so a flooding client is slowed by
 TCP instead of filling memory. The reader loop is still the only consumer.
+
+Fast path: while the reader loop is parked waiting and nothing is queued, a
+message is first offered to :attr:`Inbox.handler`, which may handle it at
+once (a ``send`` whose checks need no I/O) and skip the task switch; order is
+kept because the handler is only asked when nothing is ahead of the message.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from websockets.exceptions import ConnectionClosedOK
@@ -35,6 +40,9 @@ class Inbox:
         self._chunks: list[bytes | bytearray | memoryview] = []
         self._text = True
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting = False
+        #: Called with a message when nothing is ahead of it; True means it was handled.
+        self.handler: Callable[[str | bytes], bool] | None = None
         ws.process_events = self._process_events
         ws.data_received = self._data_received
         self._adopt_early_message()
@@ -105,13 +113,18 @@ class Inbox:
                 await self.ws.process_pong(event)
 
     def _add(self, data: bytes | bytearray | memoryview, text: bool) -> None:
+        item: str | bytes
         if text:
             try:
-                self._items.append(bytes(data).decode())
+                item = bytes(data).decode()
             except UnicodeDecodeError:
-                self._items.append(b"")  # answered as a bad frame, like binary
+                item = b""  # answered as a bad frame, like binary
         else:
-            self._items.append(bytes(data))
+            item = bytes(data)
+        handler = self.handler
+        if handler is not None and self._waiting and not self._items and handler(item):
+            return
+        self._items.append(item)
 
     def take_ready(self, limit: int) -> list[str | bytes]:
         """Up to ``limit`` more messages that are already queued (no waiting)."""
@@ -133,13 +146,17 @@ class Inbox:
             if self._closed:
                 raise ConnectionClosedOK(None, None)
             self._ready.clear()
-            if timeout is None:
-                await self._ready.wait()
-            else:
-                try:
-                    await asyncio.wait_for(self._ready.wait(), timeout)
-                except TimeoutError:
-                    return None
+            self._waiting = True
+            try:
+                if timeout is None:
+                    await self._ready.wait()
+                else:
+                    try:
+                        await asyncio.wait_for(self._ready.wait(), timeout)
+                    except TimeoutError:
+                        return None
+            finally:
+                self._waiting = False
         item = self._items.popleft()
         self._maybe_resume()
         return item

@@ -169,6 +169,16 @@ def _message_id(raw: object, echo: str | None) -> str:
         raise
 
 
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked server text frame (RFC 6455 5.2) without extensions."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
 def dumps(frame: dict[str, Any]) -> str:
     """Compact JSON for an outgoing frame."""
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)

@@ -192,6 +192,7 @@ class Session:
         self.hub: Hub = app.ctx.hub
         self.limiter = app.ctx.limiter
         self.identity = f"user:{conn.user_id}"
+        inbox.handler = self.send_now
 
     async def run(self) -> None:
         """Read frames until the peer closes. Consecutive ``send`` frames that are already
@@ -259,10 +260,42 @@ class Session:
                 if recipient_id is None:
                     conn.post(error_frame(WsError.UNKNOWN_RECIPIENT, "no such recipient", frame.message_id))
                     continue
-            message = service.new_message(frame.message_id, conn.user_id, recipient_id, frame.body)
-            self.writer.submit(
-                message, conn.username, frame.to.lower(), functools.partial(_answer, conn, frame.message_id)
-            )
+            self._submit(frame, recipient_id)
+
+    def send_now(self, text: str | bytes) -> bool:
+        """The inbox's fast path: queue a ``send`` at once when no check needs I/O.
+
+        False (the reader loop then handles the frame) for anything else: other
+        frame types, bad frames, a recipient not in the cache, limits in Redis,
+        shutdown. Every check comes before the only side effect (the submit).
+        """
+        if self.hub.closing or not isinstance(text, str):
+            return False
+        try:
+            frame = parse_frame(text, self.settings.message_body_max_bytes)
+        except FrameError:
+            return False
+        if not isinstance(frame, Send):
+            return False
+        recipient_id = self.recipients.cached(frame.to)
+        if recipient_id is None:
+            return False
+        rate = self.settings.ws_rate_limit
+        decision = self.limiter.hit_now(Bucket.WS_SEND, self.identity, rate)
+        if decision is None:
+            return False
+        if decision.allowed:
+            self._submit(frame, recipient_id)
+        else:
+            self.conn.post(_rate_limited(rate, frame.message_id, round(decision.retry_after, 3)))
+        return True
+
+    def _submit(self, frame: Send, recipient_id: int) -> None:
+        conn = self.conn
+        message = service.new_message(frame.message_id, conn.user_id, recipient_id, frame.body)
+        self.writer.submit(
+            message, conn.username, frame.to.lower(), functools.partial(_answer, conn, frame.message_id)
+        )
 
     async def sync(self, since: int) -> None:
         upto = since

@@ -22,10 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +36,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 from websockets.asyncio.client import connect
@@ -222,6 +226,12 @@ def run_throughput(
         first, last = min(first, begin), max(last, end)
     for p in workers:
         p.join(10)
+    return _throughput_result(lat, first, last, cpu_before)
+
+
+def _throughput_result(
+    lat: list[float], first: float, last: float, cpu_before: tuple[float, float]
+) -> dict[str, float]:
     total = len(lat)
     user_after, system_after = session_cpu_seconds(SERVER_SESSION)
     user, system = user_after - cpu_before[0], system_after - cpu_before[1]
@@ -235,6 +245,55 @@ def run_throughput(
         "p99_ms": percentile(lat, 99) * 1000,
         "max_ms": max(lat) * 1000,
     }
+
+
+NATIVE_SOURCE = Path(__file__).with_name("wsload.c")
+
+
+def build_native() -> Path:
+    """Compile ``wsload.c`` (once per source version) with the system C compiler."""
+    source = NATIVE_SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    binary = Path(tempfile.gettempdir()) / f"nexo-wsload-{digest}"
+    if not binary.exists():
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise SystemExit("--client native needs a C compiler (cc or gcc)")
+        partial = binary.with_suffix(f".{os.getpid()}")
+        subprocess.run([compiler, "-O2", "-o", str(partial), str(NATIVE_SOURCE)], check=True)
+        partial.replace(binary)
+    return binary
+
+
+def run_throughput_native(
+    ws_url: str, tokens: list[str], to: str, per_conn: int, depth: int, procs: int, body: str
+) -> dict[str, float]:
+    """``run_throughput`` with the native client (``wsload.c``) in ``procs`` processes."""
+    binary = build_native()
+    url = urlparse(ws_url)
+    start_at = time.time() + 1.5
+    cpu_before = session_cpu_seconds(SERVER_SESSION)
+    children = []
+    for chunk in _split(tokens, procs):
+        argv = [str(binary), url.hostname or "127.0.0.1", str(url.port), to, str(len(body))]
+        argv += [str(per_conn), str(depth), f"{start_at:.6f}"]
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdin is not None
+        child.stdin.write("\n".join(chunk) + "\n")
+        child.stdin.close()
+        children.append(child)
+    lat: list[float] = []
+    first, last = float("inf"), 0.0
+    for child in children:
+        assert child.stdout is not None
+        out = child.stdout.read()
+        if child.wait(PHASE_TIMEOUT) != 0:
+            raise RuntimeError("the native load client failed (its message is above)")
+        lines = out.split("\n")
+        begin, end = (float(x) for x in lines[0].split())
+        first, last = min(first, begin), max(last, end)
+        lat += [float(x) / 1e6 for x in lines[1:] if x]
+    return _throughput_result(lat, first, last, cpu_before)
 
 
 def run_e2e(ws_url: str, pairs: list[tuple[str, str, str]], count: int, procs: int) -> dict[str, float]:
@@ -333,6 +392,13 @@ def main(argv: list[str] | None = None) -> int:
         help="messages per connection (default: about 60000 total, at least 200 each)",
     )
     parser.add_argument("--procs", type=int, default=2, help="load client processes")
+    parser.add_argument(
+        "--client",
+        choices=("python", "native"),
+        default="python",
+        help="load client for the throughput rows: python (tests/load/leanws.py) or native "
+        "(tests/load/wsload.c, compiled with cc on first use; far less CPU per message)",
+    )
     parser.add_argument("--e2e-conns", type=int, default=10, help="sender/recipient pairs for e2e latency")
     parser.add_argument("--e2e-count", type=int, default=200, help="messages per e2e pair")
     parser.add_argument("--body-bytes", type=int, default=64)
@@ -349,11 +415,15 @@ def main(argv: list[str] | None = None) -> int:
         sink = accounts[0]
         senders = accounts[1 : need + 1]
         pairs_src = accounts[need + 1 :]
-        print(f"server {base_url}, {args.procs} load processes, body {args.body_bytes} B", flush=True)
+        print(
+            f"server {base_url}, {args.procs} {args.client} load processes, body {args.body_bytes} B",
+            flush=True,
+        )
         for n in conns:
             for depth in depths:
                 per_conn = args.per_conn or max(200, 60000 // n if depth > 1 else 6000 // n)
-                result = run_throughput(
+                runner = run_throughput_native if args.client == "native" else run_throughput
+                result = runner(
                     ws_url,
                     [a.access_token for a in senders[:n]],
                     sink.username,
