@@ -58,6 +58,7 @@ class Connection:
         self.username = username
         self.request_id = request_id
         self._out: list[str] = []
+        self._batching = False  # registered with the flusher for the end of this iteration
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._flushed.set()
@@ -72,19 +73,28 @@ class Connection:
         self._pump_task = asyncio.get_running_loop().create_task(self._pump(), name="nexo-ws-pump")
 
     def post(self, text: str) -> None:
-        """Send one frame now if the socket is writable and idle, else queue it (never blocks)."""
+        """Send one frame (never blocks).
+
+        The first frame of a loop iteration is written at once if the socket is
+        idle; frames posted after it in the same iteration (the other acks of one
+        group commit, say) are queued and go out together, in one write, when the
+        iteration ends. A socket that is not writable hands its queue to the pump.
+        """
         if self.closing:
             return
-        if not self._out and self._write_now(text):
-            return
-        self._out.append(text)
-        if len(self._out) > MAX_OUTBOX:
+        out = self._out
+        if not out:
+            if not self._batching:
+                self._batching = True
+                _FLUSHER.add(self)
+                if self._write_now([text]):
+                    return
+            self._flushed.clear()
+        out.append(text)
+        if len(out) > MAX_OUTBOX:
             log.warning("closing a connection of user %s: it does not read its frames", self.user_id)
-            self._out.clear()
+            out.clear()
             self.close_soon(CloseCode.GOING_AWAY, "client too slow")
-            return
-        self._flushed.clear()
-        self._wake.set()
 
     def push(self, message: Delivery | StoredMessage) -> None:
         """Send a ``message`` frame unless this connection already got that seq."""
@@ -161,8 +171,20 @@ class Connection:
                 self._flushed.set()
                 return
 
-    def _write_now(self, text: str) -> bool:
-        """Sanic's send without a task switch, when nothing is queued or being written.
+    def flush_now(self) -> None:
+        """End of the iteration: write what was queued if the socket takes it, else wake the pump."""
+        self._batching = False
+        frames = self._out
+        if not frames or self.closing:
+            return
+        if self._write_now(frames):
+            self._out = []
+            self._flushed.set()
+        else:
+            self._wake.set()
+
+    def _write_now(self, frames: list[str]) -> bool:
+        """Sanic's send without a task switch, when the socket is writable and idle.
 
         Safe because no ``await`` separates the checks from the write: no other
         task can take the connection's mutex in between.
@@ -184,11 +206,7 @@ class Connection:
             or proto.state is not State.OPEN
         ):
             return False
-        if proto.extensions:  # none are negotiated today; if ever, websockets frames the data
-            proto.send_text(text.encode())
-            transport.write(b"".join(proto.data_to_send()))
-        else:
-            transport.write(text_frame(text.encode()))
+        transport.write(_encode(proto, frames))
         return True
 
     async def _write(self, frames: list[str]) -> None:
@@ -203,14 +221,45 @@ class Connection:
         async with mutex:
             if proto.state is not State.OPEN:
                 raise ConnectionError("websocket is not open")
-            if proto.extensions:
-                for frame in frames:
-                    proto.send_text(frame.encode())
-                data = b"".join(proto.data_to_send())
-            else:
-                data = b"".join([text_frame(frame.encode()) for frame in frames])
+            data = _encode(proto, frames)
             if data:  # an empty chunk would mean EOF to Sanic
                 await ws.send_data([data])
+
+
+def _encode(proto: Any, frames: list[str]) -> bytes:
+    """The wire bytes of ``frames``: framed here, or by websockets if an extension is on."""
+    if proto.extensions:  # none are negotiated today; if ever, websockets applies them
+        for frame in frames:
+            proto.send_text(frame.encode())
+        return b"".join(proto.data_to_send())
+    return b"".join([text_frame(frame.encode()) for frame in frames])
+
+
+class _Flusher:
+    """Connections with frames posted during this loop iteration, flushed once at its end.
+
+    One per process: a Sanic worker runs one event loop.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+
+    def add(self, conn: Connection) -> None:
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._dirty.append(conn)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            try:
+                conn.flush_now()
+            except Exception:  # one broken socket must not keep the others' frames back
+                log.exception("writing to a WebSocket failed (request %s)", conn.request_id)
+                conn._wake.set()
+
+
+_FLUSHER = _Flusher()
 
 
 class Hub:
