@@ -143,6 +143,20 @@ async def test_auth_frame_then_send(ws_server: LocalServer, alice: Account, bob:
     await ws.close()
 
 
+async def test_a_message_sent_between_handshake_and_auth_is_still_pushed(ws_server: LocalServer) -> None:
+    sender, recipient = account(ws_server), account(ws_server)
+    rx = await open_ws(ws_server)  # open, not yet authenticated (the browser path)
+    tx = await open_ws(ws_server, sender.access_token)
+    ack = await send_and_ack(tx, recipient.username, "sent while the recipient was connecting")
+    await rx.send(json.dumps({"type": "auth", "token": recipient.access_token}))
+    pushed = await next_frame(rx, "message")
+    assert (pushed["message_id"], pushed["seq"]) == (ack["message_id"], ack["seq"])
+    # Once only: the catch-up and a live push never both deliver it.
+    assert [f for f in await frames_within(rx, 0.5) if f.get("type") == "message"] == []
+    await tx.close()
+    await rx.close()
+
+
 # -- ack, push, sync, delivered -------------------------------------------------------------------
 
 

@@ -10,7 +10,10 @@ writer (:meth:`Hub.deliver`). Messages committed by another worker or
 instance arrive as a signal "new for user X" (``broker.py``); :meth:`Hub.signal`
 then reads that user's new rows from the database after a per-user cursor.
 Every connection remembers the seqs it was recently pushed, so a message is
-pushed to a connection once even if both paths see it. The database stays the
+pushed to a connection once even if both paths see it. A new connection is
+registered only after it is authenticated; what its user received between the
+handshake and then is pushed by :meth:`Hub.catch_up`, from a cursor read
+before the handshake. The database stays the
 truth: a missed signal costs only latency until the client's next ``sync``.
 """
 
@@ -299,6 +302,16 @@ class Hub:
         if not conns:
             del self._by_user[conn.user_id]
             self._cursor.pop(conn.user_id, None)
+
+    async def catch_up(self, conn: Connection, since: int) -> None:
+        """Push to ``conn`` what its user received after ``since`` (seqs it already got are skipped)."""
+        while True:
+            rows = await repository.list_received(conn.user_id, since, SIGNAL_PAGE)
+            for row in rows:
+                conn.push(row)
+            if len(rows) < SIGNAL_PAGE:
+                return
+            since = rows[-1].seq
 
     def deliver(self, deliveries: Iterable[Delivery]) -> None:
         """Push messages this process just committed to their connected recipients."""

@@ -99,7 +99,8 @@ class Inbox:
                 if opcode is Opcode.CLOSE:
                     self._closed = True
                 rest.append(event)
-        self._ready.set()
+        if self._items or self._closed:  # frames the fast path took need no wake-up
+            self._ready.set()
         if len(self._items) > HIGH_WATER and not self._paused:
             transport = getattr(self.ws.io_proto, "transport", None)
             if transport is not None:

@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from nexo.auth.guard import Principal, bearer_token, principal_for_token
 from nexo.config import Settings
 from nexo.errors import NexoError
-from nexo.messages import service
+from nexo.messages import repository, service
 from nexo.messages.service import MessageWriter, Outcome, RecipientCache, SendResult
 from nexo.ratelimit import Bucket
 from nexo.realtime.broker import LocalBroker, make_broker
@@ -60,6 +60,13 @@ bp = Blueprint("realtime")
 
 class Unauthenticated(Exception):
     """Close the connection with 4401 and this reason."""
+
+
+@bp.on_request
+async def mark_push_cursor(request: Request) -> None:
+    """Before the handshake: the newest seq now. Every message committed after it (after the
+    client sees the connection open) reaches this connection, by push or by catch-up."""
+    request.ctx.push_from = await repository.max_seq()
 
 
 def setup(app: Sanic) -> None:
@@ -110,6 +117,8 @@ async def websocket(request: Request, ws: Any) -> None:
         conn = Connection(ws, principal.user_id, principal.username, request_id)
         await hub.add(conn)
         conn.start()
+        # Messages committed between the handshake and now were not pushed to this socket.
+        await hub.catch_up(conn, request.ctx.push_from)
         _arm_expiry(conn, principal.expires_at)
         await Session(app, conn, inbox).run()
     except (ConnectionClosed, asyncio.CancelledError):
