@@ -28,7 +28,26 @@ async def test_sqlite_pragmas_are_applied(tmp_path: Path) -> None:
     assert int(pragmas["cache_size"]) == -2000
     assert int(pragmas["temp_store"]) == 2  # MEMORY
     assert int(pragmas["busy_timeout"]) == 5000
+    assert int(pragmas["page_size"]) == db.SQLITE_PAGE_SIZE == 1024
+    assert int(pragmas["journal_size_limit"]) == 64 * 2**20
     assert settings.sqlite_path.exists()
+
+
+async def test_an_existing_database_keeps_its_page_size(tmp_path: Path) -> None:
+    settings = Settings(jwt_secret="x" * 32, data_dir=tmp_path)
+    settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(settings.sqlite_path)
+    old.execute("PRAGMA page_size = 4096")
+    old.execute("CREATE TABLE made_earlier (id INTEGER PRIMARY KEY)")
+    old.close()
+    await db.init_db(settings)
+    try:
+        pragmas = await db.read_pragmas()
+        await db.connection().execute_query("SELECT COUNT(*) FROM made_earlier")
+    finally:
+        await db.close_db()
+    assert int(pragmas["page_size"]) == 4096
+    assert str(pragmas["journal_mode"]).lower() == "wal"
 
 
 def _wal_bytes(path: Path) -> int:
