@@ -391,6 +391,27 @@ async def test_send_budget_refuses_with_retry_after_and_stores_nothing(own_serve
     await ws.close()
 
 
+@pytest.mark.parametrize("own_server", [{"NEXO_WS_RATE_LIMIT": "3/minute"}], indirect=True)
+async def test_send_budget_holds_one_frame_at_a_time(own_server: LocalServer) -> None:
+    """Frames sent one by one to a known recipient take the inbox's fast path (no reader
+    wake-up): the budget, the acks and the refusal are the same there."""
+    server = own_server
+    sender, recipient = account(server), account(server)
+    ws = await open_ws(server, sender.access_token)
+    answers = []
+    for _ in range(4):
+        mid = str(uuid.uuid4())
+        await ws.send(send_frame(recipient.username, "one at a time", mid))
+        answers.append((mid, await next_frame(ws)))
+    assert [frame["type"] for _, frame in answers] == ["ack", "ack", "ack", "error"]
+    refused_id, refused = answers[3]
+    assert refused["code"] == "rate_limited" and refused["message_id"] == refused_id
+    assert 0 < refused["retry_after"] <= 60
+    assert count_rows(server, refused_id) == 0
+    assert [count_rows(server, mid) for mid, _ in answers[:3]] == [1, 1, 1]
+    await ws.close()
+
+
 @pytest.mark.parametrize("own_server", [{"NEXO_ACCESS_TOKEN_TTL": "3"}], indirect=True)
 async def test_expired_token_closes_4401_unless_renewed(own_server: LocalServer) -> None:
     server = own_server
