@@ -16,7 +16,10 @@ the WAL over from the beginning. Under sustained writes that moment never
 comes, so once the WAL holds more than :data:`RESTART_PAGES` pages the
 checkpointer makes a RESTART checkpoint: it waits for the commit in progress,
 holds new ones back while it copies the few frames the last passive pass
-left (a few milliseconds) and makes the next commit start the WAL over. The
+left (a few milliseconds) and makes the next commit start the WAL over (it
+gets in between two commits: the server's writer returns to its event loop
+after each; if none came within the busy timeout it would try again on the
+next pass). The
 WAL file so stays near ``RESTART_PAGES`` pages instead of growing without
 bound. Durability is unchanged: a commit is in the WAL
 (``synchronous=NORMAL``) before its ack either way, and SQLite's recovery
