@@ -13,8 +13,9 @@ unacked, and prints acked msg/s (first send to last ack) and p50/p99 ack
 latency. Then it measures end-to-end latency: ``--e2e-conns`` sender/recipient
 pairs, recipients online, one send in flight each; the time from send to the
 recipient's ``message`` frame. The load clients run in ``--procs`` separate
-processes (the Python client costs about as much CPU as the server). Bounded:
-every phase sends a fixed count and has a timeout. Only 127.0.0.1.
+processes (the Python client costs about as much CPU as the server; ``--client native``
+uses ``wsload.c`` instead). Bounded: every phase sends a fixed count and has a timeout
+(``WS_BENCH_TIMEOUT`` seconds, default 300). Only 127.0.0.1.
 """
 
 from __future__ import annotations
