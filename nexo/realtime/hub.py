@@ -12,8 +12,8 @@ then reads that user's new rows from the database after a per-user cursor.
 Every connection remembers the seqs it was recently pushed, so a message is
 pushed to a connection once even if both paths see it. A new connection is
 registered only after it is authenticated; what its user received between the
-handshake and then is pushed by :meth:`Hub.catch_up`, from a cursor read
-before the handshake. The database stays the
+handshake and then is pushed when it is added (:meth:`Hub.add`), from a
+cursor read before the handshake. The database stays the
 truth: a missed signal costs only latency until the client's next ``sync``.
 """
 
@@ -283,15 +283,16 @@ class Hub:
     def connections(self) -> list[Connection]:
         return [conn for conns in self._by_user.values() for conn in conns]
 
-    async def add(self, conn: Connection) -> None:
+    async def add(self, conn: Connection, since: int) -> None:
+        """Register ``conn`` for pushes and push what its user received after ``since``
+        (the newest seq before its handshake; earlier messages come by ``sync``)."""
         if conn.user_id not in self._by_user:
-            # Signals for this user read rows after this seq; earlier ones come by ``sync``.
-            cursor = await repository.max_seq()
-            if conn.user_id not in self._by_user:
-                self._by_user[conn.user_id] = set()
-                self._cursor[conn.user_id] = cursor
+            # Signals for this user read rows after this seq.
+            self._by_user[conn.user_id] = set()
+            self._cursor[conn.user_id] = since
         self._by_user[conn.user_id].add(conn)
         OPEN_CONNECTIONS.inc()
+        await self._catch_up(conn, since)
 
     def remove(self, conn: Connection) -> None:
         conns = self._by_user.get(conn.user_id)
@@ -303,7 +304,7 @@ class Hub:
             del self._by_user[conn.user_id]
             self._cursor.pop(conn.user_id, None)
 
-    async def catch_up(self, conn: Connection, since: int) -> None:
+    async def _catch_up(self, conn: Connection, since: int) -> None:
         """Push to ``conn`` what its user received after ``since`` (seqs it already got are skipped)."""
         while True:
             rows = await repository.list_received(conn.user_id, since, SIGNAL_PAGE)

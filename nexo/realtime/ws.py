@@ -115,10 +115,9 @@ async def websocket(request: Request, ws: Any) -> None:
             await _close_unauthorized(ws, str(exc))
             return
         conn = Connection(ws, principal.user_id, principal.username, request_id)
-        await hub.add(conn)
         conn.start()
-        # Messages committed between the handshake and now were not pushed to this socket.
-        await hub.catch_up(conn, request.ctx.push_from)
+        # Also pushes what was committed between the handshake and now.
+        await hub.add(conn, request.ctx.push_from)
         _arm_expiry(conn, principal.expires_at)
         await Session(app, conn, inbox).run()
     except (ConnectionClosed, asyncio.CancelledError):
