@@ -19,9 +19,8 @@ holds new ones back while it copies the few frames the last passive pass
 left (a few milliseconds) and makes the next commit start the WAL over (it
 gets in between two commits: the server's writer returns to its event loop
 after each; if none came within the busy timeout it would try again on the
-next pass). The
-WAL file so stays near ``RESTART_PAGES`` pages instead of growing without
-bound. Durability is unchanged: a commit is in the WAL
+next pass). The WAL file so stays near ``RESTART_PAGES`` pages instead of
+growing without bound. Durability is unchanged: a commit is in the WAL
 (``synchronous=NORMAL``) before its ack either way, and SQLite's recovery
 reads the WAL after a crash.
 """
@@ -103,7 +102,8 @@ class Checkpointer:
             return 0
         CHECKPOINT_SECONDS.labels(mode.lower()).observe(time.perf_counter() - started)
         CHECKPOINTS.labels(mode.lower()).inc()
-        WAL_PAGES.set(max(pages, 0))
+        pages = max(pages, 0)  # -1 when the database is not in WAL mode
+        WAL_PAGES.set(pages)
         if busy:
             log.debug("WAL checkpoint (%s) could not finish: %d of %d pages copied", mode, copied, pages)
-        return max(pages, 0)
+        return pages

@@ -208,12 +208,13 @@ class Limiter:
 
     async def hit(self, bucket: str, identity: str, rate: RateLimit, cost: int = 1) -> Decision:
         """Count ``cost`` hits of ``identity`` in ``bucket`` at ``rate`` (all or none); never raises."""
-        if self._redis is not None and time.monotonic() >= self._retry_redis_at:
+        redis = self._redis_now()
+        if redis is not None:
             item = self._items.get(rate)
             if item is None:
                 item = self._items.setdefault(rate, _item(rate))
             try:
-                decision = await _decide(self._redis, item, bucket, identity, cost)
+                decision = await _decide(redis, item, bucket, identity, cost)
             except Exception as exc:  # any storage failure: keep serving from memory
                 self._redis_failed(exc)
             else:
@@ -227,9 +228,15 @@ class Limiter:
     def hit_now(self, bucket: str, identity: str, rate: RateLimit, cost: int = 1) -> Decision | None:
         """:meth:`hit` without waiting when the limits are in process memory; ``None`` when
         Redis must be asked (then call :meth:`hit`)."""
-        if self._redis is not None and time.monotonic() >= self._retry_redis_at:
+        if self._redis_now() is not None:
             return None
         return self._memory.hit(bucket, identity, rate, cost)
+
+    def _redis_now(self) -> MovingWindowRateLimiter | None:
+        """The Redis limiter, unless none is configured or it is in its back-off after a failure."""
+        if self._redis is not None and time.monotonic() >= self._retry_redis_at:
+            return self._redis
+        return None
 
     def _redis_failed(self, exc: Exception) -> None:
         STORAGE_ERRORS.inc()

@@ -256,9 +256,8 @@ class Session:
                 if len(sends) > 1:
                     decision = await self.limiter.hit(Bucket.WS_SEND, self.identity, rate)
                 if not decision.allowed:
-                    retry = round(decision.retry_after, 3)
                     for refused in sends[index:]:
-                        conn.post(_rate_limited(rate, refused.message_id, retry))
+                        conn.post(_rate_limited(rate, refused.message_id, decision.retry_after))
                     break
                 admitted.append(frame)
         for frame in admitted:
@@ -295,7 +294,7 @@ class Session:
         if decision.allowed:
             self._submit(frame, recipient_id)
         else:
-            self.conn.post(_rate_limited(rate, frame.message_id, round(decision.retry_after, 3)))
+            self.conn.post(_rate_limited(rate, frame.message_id, decision.retry_after))
         return True
 
     def _submit(self, frame: Send, recipient_id: int) -> None:
@@ -345,7 +344,7 @@ def _rate_limited(rate: object, message_id: str, retry_after: float) -> str:
             "code": WsError.RATE_LIMITED.value,
             "message": f"send rate limit of {rate} exceeded; retry after retry_after seconds",
             "message_id": message_id,
-            "retry_after": retry_after,
+            "retry_after": round(retry_after, 3),
         }
     )
 
