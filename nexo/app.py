@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -18,7 +19,7 @@ from sanic.response import BaseHTTPResponse
 
 from nexo import db, errors, health, logs, metrics, ratelimit
 from nexo.auth import endpoints as auth_endpoints
-from nexo.checkpoint import Checkpointer
+from nexo.checkpoint import Checkpointer, WriterConnection
 from nexo.config import Settings
 from nexo.devices import endpoints as devices_endpoints
 from nexo.messages import endpoints as messages_endpoints
@@ -98,7 +99,8 @@ def create_app(settings: Settings | None = None) -> NexoApp:
         if settings.database_kind == "sqlite":
             # Checkpoints move to their own thread (nexo/checkpoint.py), off the commits.
             await db.connection().execute_script("PRAGMA wal_autocheckpoint = 0")
-            app.ctx.checkpointer = Checkpointer(settings.sqlite_path)
+            writer = WriterConnection(asyncio.get_running_loop(), db.wal_checkpoint)
+            app.ctx.checkpointer = Checkpointer(settings.sqlite_path, restart_via=writer)
             app.ctx.checkpointer.start()
 
     async def close_database(app: NexoApp) -> None:

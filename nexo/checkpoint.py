@@ -13,33 +13,49 @@ checkpoint every :data:`INTERVAL_SECONDS`. A passive checkpoint never takes
 the write lock, so commits go on while it copies and syncs. When it has
 copied everything and no commit came in meanwhile, the next commit starts
 the WAL over from the beginning. Under sustained writes that moment never
-comes, so once the WAL holds more than :data:`RESTART_PAGES` pages the
-checkpointer makes a RESTART checkpoint: it waits for the commit in progress,
-holds new ones back while it copies the few frames the last passive pass
-left (a few milliseconds) and makes the next commit start the WAL over (it
-gets in between two commits: the server's writer returns to its event loop
-after each; if none came within the busy timeout it would try again on the
-next pass). The WAL file so stays near ``RESTART_PAGES`` pages instead of
-growing without bound. Durability is unchanged: a commit is in the WAL
+comes, so once the WAL holds more than :data:`RESTART_BYTES` a RESTART
+checkpoint copies the frames the last passive pass left, holding commits back
+meanwhile, and makes the next commit start the WAL over. The hold is mostly
+syncing the pages it copies (15-30 us each on the project's disk), so passive
+passes catch up first, until one copies little; and in the server the RESTART
+runs on the writer's own connection (``restart_via``), queued behind the
+commit in progress like any other statement, so neither waits for the other
+in SQLite's busy handler (which sleeps 1, 2, 5, 10 ms... and overshoots).
+Under full load a restart still holds commits about 20 ms, hence a large
+:data:`RESTART_BYTES`: the WAL file stays near that size instead of growing
+without bound. Durability is unchanged: a commit is in the WAL
 (``synchronous=NORMAL``) before its ack either way, and SQLite's recovery
 reads the WAL after a crash.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger("nexo.db")
 
 INTERVAL_SECONDS = 0.25
-#: WAL size (pages) above which a checkpoint briefly holds writers back to restart the WAL.
-RESTART_PAGES = 16384
+#: WAL size above which a checkpoint briefly holds the writer back to restart the WAL
+#: (as many pages as fit, by the database's page size). The same as the WAL size kept
+#: after a restart (``journal_size_limit`` in nexo/db.py). Each restart holds commits back
+#: for the pages it copies and syncs (about 20 ms under full load on the project's disk),
+#: so the larger, the rarer: at 16 MiB (1 KiB pages) one came every 5,000 messages or so
+#: under full load, and the hundred or so messages in flight waited for it.
+RESTART_BYTES = 64 * 2**20
+#: Before a RESTART, passive passes go on while the last one copied at least this many pages...
+CATCH_UP_PAGES = 256
+#: ... but no more passes than this.
+CATCH_UP_PASSES = 4
 
 CHECKPOINTS = Counter(
     "nexo_sqlite_checkpoints_total", "WAL checkpoints made by the checkpointer, by mode", ["mode"]
@@ -55,15 +71,52 @@ WAL_PAGES = Gauge(
 )
 
 
-class Checkpointer:
-    """A daemon thread checkpointing ``path``'s WAL every ``interval`` seconds."""
+#: ``PRAGMA wal_checkpoint`` run elsewhere: its row (busy, pages in the WAL, pages copied).
+CheckpointRow = tuple[int, int, int]
+
+
+class WriterConnection:
+    """Runs a checkpoint on the writer's connection, which lives on an event loop.
+
+    ``run`` is a coroutine function executing ``PRAGMA wal_checkpoint(<mode>)``
+    there; the checkpointer thread submits it to ``loop`` and waits.
+    """
 
     def __init__(
-        self, path: Path, interval: float = INTERVAL_SECONDS, restart_pages: int = RESTART_PAGES
+        self, loop: asyncio.AbstractEventLoop, run: Callable[[str], Coroutine[Any, Any, CheckpointRow]]
+    ) -> None:
+        self.loop = loop
+        self.run = run
+
+    def checkpoint(self, mode: str, stop: threading.Event) -> CheckpointRow:
+        future = asyncio.run_coroutine_threadsafe(self.run(mode), self.loop)
+        while True:
+            try:
+                return future.result(timeout=0.1)
+            except concurrent.futures.TimeoutError:
+                if stop.is_set():  # the loop may be busy stopping the server: do not wait for it
+                    future.cancel()
+                    raise sqlite3.OperationalError("server stopping") from None
+
+
+class Checkpointer:
+    """A daemon thread checkpointing ``path``'s WAL every ``interval`` seconds.
+
+    ``restart_pages`` defaults to :data:`RESTART_BYTES` in pages of the database.
+    With ``restart_via``, RESTART checkpoints run on that (the writer's) connection.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        interval: float = INTERVAL_SECONDS,
+        restart_pages: int | None = None,
+        restart_via: WriterConnection | None = None,
     ) -> None:
         self.path = path
         self.interval = interval
         self.restart_pages = restart_pages
+        self.restart_via = restart_via
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nexo-wal-checkpoint", daemon=True)
 
@@ -83,20 +136,50 @@ class Checkpointer:
             return
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
+            if self.restart_pages is None:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                self.restart_pages = RESTART_BYTES // page_size
+            restart_pages = self.restart_pages
             while not self._stop.wait(self.interval):
-                if self.checkpoint(conn, "PASSIVE") > self.restart_pages:
-                    self.checkpoint(conn, "RESTART")
+                pages = self.checkpoint(conn, "PASSIVE")
+                if pages > restart_pages:
+                    self._restart(conn, pages)
             # At shutdown the writers are done: copy everything back and empty the WAL.
             self.checkpoint(conn, "TRUNCATE")
         finally:
             conn.close()
 
+    def _restart(self, conn: sqlite3.Connection, pages: int) -> None:
+        """Catch up with passive passes, then RESTART (which holds the writer back meanwhile).
+
+        A checkpoint syncs every page it copies (~15 us each on the project's disk), so the
+        RESTART's hold is about the pages left to copy: each passive pass copies what came in
+        during the one before, until one copies less than :data:`CATCH_UP_PAGES`.
+        """
+        for _ in range(CATCH_UP_PASSES):
+            before, pages = pages, self.checkpoint(conn, "PASSIVE")
+            if pages - before < CATCH_UP_PAGES:
+                break
+        self.checkpoint(conn, "RESTART", self._restart_on_writer)
+
+    def _restart_on_writer(self, conn: sqlite3.Connection, mode: str) -> CheckpointRow:
+        if self.restart_via is None:
+            return _checkpoint_row(conn, mode)
+        return self.restart_via.checkpoint(mode, self._stop)
+
     @staticmethod
-    def checkpoint(conn: sqlite3.Connection, mode: str) -> int:
-        """One checkpoint; returns the pages in the WAL when it ran (0 if it failed)."""
+    def checkpoint(
+        conn: sqlite3.Connection,
+        mode: str,
+        run: Callable[[sqlite3.Connection, str], CheckpointRow] | None = None,
+    ) -> int:
+        """One checkpoint (by ``run``, default on ``conn``).
+
+        Returns the pages in the WAL when it ran (0 if it failed).
+        """
         started = time.perf_counter()
         try:
-            busy, pages, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            busy, pages, copied = (run or _checkpoint_row)(conn, mode)
         except sqlite3.Error as exc:  # a locked or busy database: try again next time
             log.warning("WAL checkpoint (%s) failed: %s", mode, exc)
             return 0
@@ -107,3 +190,8 @@ class Checkpointer:
         if busy:
             log.debug("WAL checkpoint (%s) could not finish: %d of %d pages copied", mode, copied, pages)
         return pages
+
+
+def _checkpoint_row(conn: sqlite3.Connection, mode: str) -> CheckpointRow:
+    busy, pages, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    return busy, pages, copied

@@ -19,6 +19,7 @@ from urllib.parse import urlencode, urlparse, urlunparse
 
 from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import BaseORMException
 
 from nexo.config import Settings
 
@@ -104,6 +105,20 @@ async def close_db() -> None:
 def connection() -> BaseDBAsyncClient:
     """The default connection, for repositories that write raw SQL on a hot path."""
     return connections.get("default")
+
+
+async def wal_checkpoint(mode: str) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(<mode>)`` on the server's own (writer's) SQLite connection.
+
+    Queued behind the statement in progress like any other, so it never waits
+    for this process's writer in SQLite's busy handler (nexo/checkpoint.py).
+    """
+    try:
+        _, rows = await connection().execute_query(f"PRAGMA wal_checkpoint({mode})")
+    except BaseORMException as exc:
+        raise sqlite3.OperationalError(str(exc)) from exc
+    busy, pages, copied = rows[0]
+    return busy, pages, copied
 
 
 def dialect() -> str:

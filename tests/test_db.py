@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
@@ -11,7 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from nexo import db
-from nexo.checkpoint import CHECKPOINTS, Checkpointer
+from nexo.checkpoint import CHECKPOINTS, Checkpointer, CheckpointRow, WriterConnection
 from nexo.config import Settings
 from tests.conftest import ServerFactory
 
@@ -55,13 +56,27 @@ def _wal_bytes(path: Path) -> int:
     return wal.stat().st_size if wal.exists() else 0
 
 
-def test_checkpointer_keeps_the_wal_small_under_sustained_writes(tmp_path: Path) -> None:
-    path = tmp_path / "nexo.db"
+def _wal_writer(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    """A connection writing as the server's does: WAL, no automatic checkpoints."""
     writer = sqlite3.connect(path, isolation_level=None)
     writer.execute("PRAGMA journal_mode = WAL")
-    writer.execute("PRAGMA busy_timeout = 5000")
-    writer.execute("PRAGMA wal_autocheckpoint = 0")  # as the server's connection
-    writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, blob BLOB)")
+    writer.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, blob BLOB)")
+    return writer
+
+
+def _assert_all_rows_in_the_database_file(path: Path, rows: int) -> None:
+    """After the last checkpoint at stop the WAL is empty; every row is in the database file."""
+    assert _wal_bytes(path) == 0
+    reader = sqlite3.connect(path)
+    assert reader.execute("SELECT COUNT(*) FROM t").fetchone()[0] == rows
+    reader.close()
+
+
+def test_checkpointer_keeps_the_wal_small_under_sustained_writes(tmp_path: Path) -> None:
+    path = tmp_path / "nexo.db"
+    writer = _wal_writer(path, busy_timeout_ms=5000)
     checkpointer = Checkpointer(path, interval=0.02, restart_pages=256)
     passive, restart = CHECKPOINTS.labels("passive"), CHECKPOINTS.labels("restart")
     before = passive._value.get(), restart._value.get()
@@ -82,12 +97,39 @@ def test_checkpointer_keeps_the_wal_small_under_sustained_writes(tmp_path: Path)
         assert restart._value.get() > before[1]
     finally:
         checkpointer.stop()
-    # The last checkpoint at stop empties the WAL; every row is in the database file.
-    assert _wal_bytes(path) == 0
     writer.close()
-    reader = sqlite3.connect(path)
-    assert reader.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 800
-    reader.close()
+    _assert_all_rows_in_the_database_file(path, 800)
+
+
+async def test_restarts_made_on_the_writers_connection_never_lock_the_writer_out(tmp_path: Path) -> None:
+    # The server's way (restart_via): the RESTART runs on the writer's connection, between
+    # two of its commits, on its event loop. The writer has no busy timeout here, so a
+    # commit that ever had to wait for the checkpointer would fail with "database is
+    # locked" (as it does when the checkpointer makes the RESTART on its own connection).
+    path = tmp_path / "nexo.db"
+    writer = _wal_writer(path, busy_timeout_ms=0)
+
+    async def on_writer(mode: str) -> CheckpointRow:
+        busy, pages, copied = writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return busy, pages, copied
+
+    via = WriterConnection(asyncio.get_running_loop(), on_writer)
+    checkpointer = Checkpointer(path, interval=0.02, restart_pages=256, restart_via=via)
+    restart = CHECKPOINTS.labels("restart")
+    before = restart._value.get()
+    checkpointer.start()
+    largest = 0
+    try:
+        for _ in range(800):
+            writer.execute("INSERT INTO t (blob) VALUES (?)", (os.urandom(80_000),))
+            largest = max(largest, _wal_bytes(path))
+            await asyncio.sleep(0.0005)  # the writer's loop turns between two commits
+        assert largest < 16 * 2**20, largest
+        assert restart._value.get() > before
+    finally:
+        checkpointer.stop()  # while the loop is blocked: the thread must not wait for it
+    writer.close()
+    _assert_all_rows_in_the_database_file(path, 800)
 
 
 def test_the_server_checkpoints_its_sqlite_wal(make_server: ServerFactory) -> None:
