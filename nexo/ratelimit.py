@@ -29,9 +29,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
@@ -78,8 +77,7 @@ class Bucket(StrEnum):
     WS_SEND = "ws_send"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The outcome of one hit. Times are seconds from now.
 
     ``reset_after``: until at least one more request is allowed again (the

@@ -9,8 +9,7 @@ per group commit. Exactly-once comes from the unique constraint on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tortoise.transactions import in_transaction
 
@@ -23,8 +22,7 @@ MAX_ROWS_PER_STATEMENT = 1000
 SEQ_LOCK_KEY = 0x4E45584F4D5347  # "NEXOMSG"
 
 
-@dataclass(frozen=True, slots=True)
-class NewMessage:
+class NewMessage(NamedTuple):
     message_id: str
     sender_id: int
     recipient_id: int
@@ -32,8 +30,7 @@ class NewMessage:
     server_ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
+class StoredMessage(NamedTuple):
     seq: int
     message_id: str
     sender_id: int

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from prometheus_client import Counter, Histogram
 
@@ -86,8 +86,7 @@ class StorageUnavailable(NexoError):
     code = ErrorCode.SERVICE_UNAVAILABLE
 
 
-@dataclass(frozen=True, slots=True)
-class SendResult:
+class SendResult(NamedTuple):
     """What an ``ack`` (or the POST response) says."""
 
     message_id: str
@@ -96,8 +95,7 @@ class SendResult:
     duplicate: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     """A newly stored message, as pushed to its recipient."""
 
     seq: int

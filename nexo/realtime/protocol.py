@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ClientFrame(StrEnum):
@@ -70,25 +69,21 @@ class FrameError(Exception):
         self.message_id = message_id
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
     message_id: str
     to: str
     body: str
 
 
-@dataclass(frozen=True, slots=True)
-class Delivered:
+class Delivered(NamedTuple):
     message_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Sync:
+class Sync(NamedTuple):
     since: int
 
 
-@dataclass(frozen=True, slots=True)
-class Auth:
+class Auth(NamedTuple):
     token: str
 
 
