@@ -17,7 +17,7 @@ from sanic import Request, Sanic
 from sanic.config import Config
 from sanic.response import BaseHTTPResponse
 
-from nexo import db, errors, health, logs, metrics, ratelimit
+from nexo import db, errors, gcpolicy, health, logs, metrics, ratelimit
 from nexo.auth import endpoints as auth_endpoints
 from nexo.checkpoint import Checkpointer, WriterConnection
 from nexo.config import Settings
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> NexoApp:
 
     app.register_listener(open_database, "before_server_start", priority=1000)
     app.register_listener(close_database, "after_server_stop", priority=-1000)
+    app.register_listener(_tune_gc, "after_server_start", priority=-1000)
 
     app.blueprint(metrics.bp)
     for feature in FEATURES:
@@ -117,6 +118,11 @@ def create_app(settings: Settings | None = None) -> NexoApp:
 
     app.on_response(_finish_response, priority=-1000)
     return app
+
+
+async def _tune_gc(app: NexoApp) -> None:
+    """Last of the start-up listeners: what exists now lives as long as the worker."""
+    gcpolicy.tune()
 
 
 class NexoRequest(Request):
