@@ -89,7 +89,10 @@ class WriterConnection:
         self.run = run
 
     def checkpoint(self, mode: str, stop: threading.Event) -> CheckpointRow:
-        future = asyncio.run_coroutine_threadsafe(self.run(mode), self.loop)
+        try:
+            future = asyncio.run_coroutine_threadsafe(self.run(mode), self.loop)
+        except RuntimeError as exc:  # the loop is closed: the server is gone
+            raise sqlite3.OperationalError(str(exc)) from exc
         while True:
             try:
                 return future.result(timeout=0.1)
@@ -136,10 +139,8 @@ class Checkpointer:
             return
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
-            if self.restart_pages is None:
-                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                self.restart_pages = RESTART_BYTES // page_size
-            restart_pages = self.restart_pages
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            restart_pages = self.restart_pages or RESTART_BYTES // page_size
             while not self._stop.wait(self.interval):
                 pages = self.checkpoint(conn, "PASSIVE")
                 if pages > restart_pages:
@@ -152,9 +153,8 @@ class Checkpointer:
     def _restart(self, conn: sqlite3.Connection, pages: int) -> None:
         """Catch up with passive passes, then RESTART (which holds the writer back meanwhile).
 
-        A checkpoint syncs every page it copies (~15 us each on the project's disk), so the
-        RESTART's hold is about the pages left to copy: each passive pass copies what came in
-        during the one before, until one copies less than :data:`CATCH_UP_PAGES`.
+        Each passive pass copies what came in during the one before, until one copies less
+        than :data:`CATCH_UP_PAGES`: the RESTART's hold is about syncing what is left.
         """
         for _ in range(CATCH_UP_PASSES):
             before, pages = pages, self.checkpoint(conn, "PASSIVE")
