@@ -433,6 +433,38 @@ async def test_expired_token_closes_4401_unless_renewed(own_server: LocalServer)
     assert (await close_code(third))[0] == 4401
 
 
+async def test_logout_closes_that_sessions_sockets_4401_and_no_other(ws_server: LocalServer) -> None:
+    user, other = account(ws_server), account(ws_server)
+    first = user.access_token
+    second = user.relogin()["access_token"]  # another session of the same user
+    first_ws, second_ws = await online(ws_server, first), await online(ws_server, second)
+    before = metric(ws_server, "nexo_ws_unauthorized_closes_total")
+    async with httpx.AsyncClient(timeout=10) as client:
+        logout = await client.post(
+            f"{ws_server.base_url}/api/auth/logout", headers={"Authorization": f"Bearer {first}"}
+        )
+    assert logout.status_code == 200
+    code, reason = await close_code(first_ws, timeout=10)
+    assert code == 4401 and "session ended" in reason
+    assert metric(ws_server, "nexo_ws_unauthorized_closes_total") >= before + 1
+    assert (await send_and_ack(second_ws, other.username))["type"] == "ack"  # its session lives on
+    await second_ws.close()
+
+
+async def test_deleting_the_account_closes_all_its_sockets_4401(ws_server: LocalServer) -> None:
+    user, other = account(ws_server), account(ws_server)
+    sockets = [await online(ws_server, user.access_token)]
+    sockets.append(await online(ws_server, user.relogin()["access_token"]))
+    assert user.delete() == 204
+    for ws in sockets:
+        code, reason = await close_code(ws, timeout=10)
+        assert code == 4401 and "session ended" in reason
+    bystander = await online(ws_server, other.access_token)
+    await bystander.send(send_frame(other.username))
+    assert (await next_frame(bystander, "ack"))["type"] == "ack"
+    await bystander.close()
+
+
 async def test_unexpected_failure_closes_1011_and_logs_the_request_id(own_server: LocalServer) -> None:
     server = own_server
     user = account(server)

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
@@ -15,6 +16,7 @@ from tests.conftest import REDIS_URL, ServerFactory
 from tests.realtime_support import (
     FAST_ENV,
     account,
+    close_code,
     duplicate_rows,
     frames_within,
     next_frame,
@@ -107,6 +109,21 @@ async def test_push_reaches_every_connection_across_two_workers(
     assert duplicate_rows(server) == []
     for ws in [*rx, *tx]:
         await ws.close()
+
+
+async def test_logout_through_one_server_process_closes_the_sessions_sockets_on_another(
+    pg_url: str, make_server: ServerFactory
+) -> None:
+    env = {**FAST_ENV, "DATABASE_URL": pg_url, "JWT_SECRET": random_secret()}
+    first, second = make_server(env), make_server(env)
+    user = account(first)
+    sockets = [await online(second, user.access_token) for _ in range(2)]
+    async with httpx.AsyncClient(timeout=10) as client:
+        logout = await client.post(f"{first.base_url}/api/auth/logout", headers=user.headers)
+    assert logout.status_code == 200
+    for ws in sockets:
+        code, reason = await close_code(ws, timeout=10)
+        assert code == 4401 and "session ended" in reason
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -121,6 +122,27 @@ async def live_session_username(session_id: str, user_id: int) -> str | None:
         [session_id, user_id],
     )
     return str(rows[0]["username"]) if rows else None
+
+
+#: Session ids per :func:`live_sessions` query.
+LIVE_SESSIONS_CHUNK = 500
+
+
+async def live_sessions(session_ids: Iterable[str]) -> set[str]:
+    """Those of ``session_ids`` that are live and belong to an existing user."""
+    ids = list(session_ids)
+    live: set[str] = set()
+    for start in range(0, len(ids), LIVE_SESSIONS_CHUNK):
+        chunk = ids[start : start + LIVE_SESSIONS_CHUNK]
+        rows = await db.connection().execute_query_dict(
+            db.placeholders(
+                "SELECT s.id FROM sessions s JOIN users u ON u.id = s.user_id "
+                f"WHERE s.revoked_at IS NULL AND s.id IN ({','.join('?' * len(chunk))})"
+            ),
+            chunk,
+        )
+        live.update(str(row["id"]) for row in rows)
+    return live
 
 
 # -- failed logins --------------------------------------------------------------------------

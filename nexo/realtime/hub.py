@@ -41,6 +41,7 @@ OPEN_CONNECTIONS = Gauge(
 )
 PUSHED = Counter("nexo_ws_messages_pushed_total", "message frames pushed to recipients")
 CLOSES = Counter("nexo_ws_closes_total", "WebSocket closes by Nexo, by close code", ["code"])
+UNAUTHORIZED_CLOSES = Counter("nexo_ws_unauthorized_closes_total", "Connections closed with 4401")
 
 #: Frames waiting in one connection's outbox before it is dropped as too slow.
 MAX_OUTBOX = 100_000
@@ -53,12 +54,14 @@ SIGNAL_PAGE = 500
 
 
 class Connection:
-    """One authenticated socket: user, outbox, pump, expiry."""
+    """One authenticated socket: user, session, outbox, pump, expiry."""
 
-    def __init__(self, ws: Any, user_id: int, username: str, request_id: str) -> None:
+    def __init__(self, ws: Any, user_id: int, username: str, session_id: str, request_id: str) -> None:
         self.ws = ws
         self.user_id = user_id
         self.username = username
+        #: The session of the token it authenticated with (changes with in-band renewal).
+        self.session_id = session_id
         self.request_id = request_id
         self._out: list[str] = []
         self._batching = False  # registered with the flusher for the end of this iteration
@@ -122,6 +125,12 @@ class Connection:
                 }
             )
         )
+
+    def close_unauthorized(self, reason: str) -> None:
+        """Close with 4401 (the token expired, the session ended) from synchronous code."""
+        if not self.closing and self._closer is None:
+            UNAUTHORIZED_CLOSES.inc()
+        self.close_soon(CloseCode.UNAUTHORIZED, reason)
 
     def close_soon(self, code: int, reason: str) -> None:
         """Schedule :meth:`close` from synchronous code."""

@@ -21,10 +21,10 @@ import time
 import uuid
 from typing import Any
 
-from prometheus_client import Counter
 from sanic import Blueprint, Request, Sanic
 from websockets.exceptions import ConnectionClosed
 
+from nexo.auth import repository as auth_repository
 from nexo.auth.guard import Principal, bearer_token, principal_for_token
 from nexo.config import Settings
 from nexo.errors import NexoError
@@ -32,7 +32,7 @@ from nexo.messages import repository, service
 from nexo.messages.service import MessageWriter, Outcome, RecipientCache, SendResult
 from nexo.ratelimit import Bucket
 from nexo.realtime.broker import LocalBroker, make_broker
-from nexo.realtime.hub import CLOSES, Connection, Hub, on_commit
+from nexo.realtime.hub import CLOSES, UNAUTHORIZED_CLOSES, Connection, Hub, on_commit
 from nexo.realtime.inbox import Inbox
 from nexo.realtime.protocol import (
     Auth,
@@ -47,10 +47,10 @@ from nexo.realtime.protocol import (
     error_frame,
     parse_frame,
 )
+from nexo.realtime.sessions import SessionWatch
 
 log = logging.getLogger("nexo.realtime")
 
-UNAUTHORIZED_CLOSES = Counter("nexo_ws_unauthorized_closes_total", "Connections closed with 4401")
 SYNC_PAGE = 500
 #: Frames read from the inbox in one go (consecutive sends share one rate-limit hit).
 BURST = 128
@@ -81,6 +81,8 @@ def setup(app: Sanic) -> None:
         writer.listeners.append(on_commit(hub, broker.publish))
         app.ctx.hub = hub
         app.ctx.broker = broker
+        app.ctx.session_watch = SessionWatch(hub, auth_repository.live_sessions)
+        app.ctx.session_watch.start()
         try:
             await broker.start(hub.signal, hub.signal_everyone)
         except Exception as exc:
@@ -95,6 +97,7 @@ def setup(app: Sanic) -> None:
         # In-flight batches commit and their acks are queued, then every socket
         # flushes its outbox and closes with 1001.
         await app.ctx.message_writer.drain()
+        await app.ctx.session_watch.stop()
         await hub.close_all(CloseCode.GOING_AWAY, "server is shutting down")
         await hub.stop()
         broker: LocalBroker = app.ctx.broker
@@ -114,7 +117,7 @@ async def websocket(request: Request, ws: Any) -> None:
         except Unauthenticated as exc:
             await _close_unauthorized(ws, str(exc))
             return
-        conn = Connection(ws, principal.user_id, principal.username, request_id)
+        conn = Connection(ws, principal.user_id, principal.username, principal.session_id, request_id)
         conn.start()
         # Also pushes what was committed between the handshake and now.
         await hub.add(conn, request.ctx.push_from)
@@ -180,11 +183,7 @@ def _arm_expiry(conn: Connection, expires_at: int) -> None:
     loop = asyncio.get_running_loop()
     delay = max(0.0, expires_at - time.time())
 
-    def expire() -> None:
-        UNAUTHORIZED_CLOSES.inc()
-        conn.close_soon(CloseCode.UNAUTHORIZED, "token expired; reconnect with a new token")
-
-    conn.expiry = loop.call_later(delay, expire)
+    conn.expiry = loop.call_later(delay, conn.close_unauthorized, "token expired; reconnect with a new token")
 
 
 class Session:
@@ -333,6 +332,7 @@ class Session:
             self.conn.closing = True
             await _close_unauthorized(self.conn.ws, str(exc))
             return False
+        self.conn.session_id = principal.session_id
         _arm_expiry(self.conn, principal.expires_at)
         return True
 
