@@ -94,6 +94,7 @@ def test_clean_log_passes_locally_and_remotely(make_server: ServerFactory) -> No
     assert report["consistency_proofs"] == DEVICES - 1
     code, _, remote = audit(server, remote=True)
     assert code == 0 and remote["clean"] and remote["leaves"] == DEVICES
+    assert remote["consistency_proofs"] == DEVICES - 1  # read ahead, every one verified
     plain = run_nexo(["audit"], audit_env(server), server.data_dir)
     assert plain.returncode == 0 and "the chain is intact" in plain.stdout
 
@@ -140,6 +141,9 @@ def test_changed_root_is_named(make_server: ServerFactory) -> None:
     found = kinds(report)
     assert {("sth", 4, "bad_signature"), ("sth", 4, "root_mismatch"), ("sth", 4, "inconsistent")} <= found
     assert ("sth", 5, "broken_link") in found
+    code, _, remote = audit(server, remote=True)  # proofs fetched ahead fail just the same
+    assert code == 1
+    assert {("sth", 4, "root_mismatch"), ("sth", 4, "inconsistent"), ("sth", 5, "inconsistent")} <= kinds(remote)
 
 
 def test_resigned_with_another_key_is_named(make_server: ServerFactory) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ import httpx
 
 from nexo.config import ConfigError, Settings
 from nexo.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM
-from nexo.transparency.audit import Anomaly, LocalSource, RemoteSource, Report, Source, run_audit
+from nexo.transparency.audit import Anomaly, LocalSource, RemoteSource, Report, run_audit
 from nexo.transparency.sth import STHError, unb64
 
 
@@ -33,10 +34,12 @@ async def _audit(args: argparse.Namespace, public_key: bytes | None) -> Report:
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     live = None if args.json else _print_anomaly
     if args.url:
-        async with httpx.AsyncClient(timeout=args.timeout) as client:
-            source: Source = RemoteSource(args.url, client)
+        async with (
+            httpx.AsyncClient(timeout=args.timeout) as client,
+            contextlib.aclosing(RemoteSource(args.url, client)) as remote,
+        ):
             return await run_audit(
-                source, public_key=public_key, checkpoint=checkpoint, progress=not args.quiet, on_anomaly=live
+                remote, public_key=public_key, checkpoint=checkpoint, progress=not args.quiet, on_anomaly=live
             )
     from nexo import db
 
