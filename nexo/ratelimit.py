@@ -7,10 +7,10 @@ recorded, so hammering does not extend a lockout.
 
 Storage: in process by default (:class:`MemoryWindows`, synchronous and
 O(1) amortised per hit: it sits on the path of every request and of every
-WebSocket ``send`` burst); Redis when ``REDIS_URL`` is set (the ``limits``
-library's moving window, redis-py, one Lua script per hit, so the
-check-and-record is atomic across every worker and instance sharing that
-Redis). Keys start with ``NEXO_REDIS_PREFIX``.
+WebSocket ``send`` burst); Redis when ``REDIS_URL`` is set (:class:`RedisWindows`:
+the same log as a sorted set per key, one Lua script per hit, so the
+check-and-record is atomic across every worker and instance sharing that Redis
+and costs one round trip). Keys start with ``NEXO_REDIS_PREFIX``.
 When Redis fails, the limiter keeps serving from per-process storage, logs an
 error, counts ``nexo_ratelimit_storage_errors_total`` and retries Redis after
 ``REDIS_RETRY_SECONDS``.
@@ -32,10 +32,8 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
-from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter, Gauge
+from redis.asyncio import Redis
 from sanic import Request, Sanic
 from sanic.response import BaseHTTPResponse
 
@@ -94,10 +92,6 @@ class Decision(NamedTuple):
 
 class _TokenVerifier(Protocol):
     def verify_access(self, token: str) -> Any: ...
-
-
-def _item(rate: RateLimit) -> RateLimitItem:
-    return RateLimitItemPerSecond(rate.amount, rate.window_seconds)
 
 
 class _Log:
@@ -168,11 +162,66 @@ class MemoryWindows:
             del self._logs[key]
 
 
-def redis_storage_uri(redis_url: str) -> str:
-    """``redis://...`` → the ``limits`` async scheme (``async+redis://...``)."""
-    if redis_url.startswith("unix://"):
-        return "async+redis+unix://" + redis_url.removeprefix("unix://")
-    return "async+" + redis_url
+#: One moving-window hit in Redis, atomically: drop the hits that left the window, count
+#: the rest, record ``cost`` more if they fit (all or none), keep the key as long as the
+#: window. Times are Redis's own clock, so instances with skewed clocks agree.
+#: Returns {allowed, hits counted, seconds until the oldest counted hit leaves}.
+_MOVING_WINDOW_LUA = """
+local key = KEYS[1]
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+local allowed = 0
+if count + cost <= limit then
+  for i = 1, cost do
+    redis.call('ZADD', key, now, string.format('%.6f:%d', now, count + i))
+  end
+  count = count + cost
+  allowed = 1
+end
+local reset = window
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+if oldest[2] then
+  reset = tonumber(oldest[2]) + window - now
+  redis.call('PEXPIRE', key, math.ceil(window * 1000))
+end
+return {allowed, count, tostring(reset)}
+"""
+
+
+class RedisWindows:
+    """The moving-window log in Redis (a sorted set per key), one round trip per hit."""
+
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self.prefix = f"{prefix}:ratelimit"
+        self.client = Redis.from_url(
+            redis_url,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+        )
+        self._script = self.client.register_script(_MOVING_WINDOW_LUA)
+
+    async def hit(self, bucket: str, identity: str, rate: RateLimit, cost: int = 1) -> Decision:
+        key = f"{self.prefix}:{bucket}:{rate.amount}/{rate.window_seconds}:{identity}"
+        allowed, count, reset = await self._script(keys=[key], args=[rate.window_seconds, rate.amount, cost])
+        reset_after = max(0.0, float(reset))
+        return Decision(
+            allowed=bool(allowed),
+            limit=rate.amount,
+            remaining=max(0, rate.amount - int(count)),
+            reset_after=reset_after,
+            retry_after=0.0 if allowed else max(reset_after, 0.001),
+        )
+
+    async def check(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()
 
 
 class Limiter:
@@ -181,21 +230,9 @@ class Limiter:
     def __init__(self, redis_url: str | None = None, prefix: str = "nexo") -> None:
         self.redis_url = redis_url
         self._memory = MemoryWindows()
-        self._redis_storage: RedisStorage | None = None
-        self._redis: MovingWindowRateLimiter | None = None
-        if redis_url:
-            self._redis_storage = RedisStorage(
-                redis_storage_uri(redis_url),
-                implementation="redispy",
-                key_prefix=f"{prefix}:ratelimit",
-                wrap_exceptions=True,
-                socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
-                socket_timeout=REDIS_SOCKET_TIMEOUT,
-            )
-            self._redis = MovingWindowRateLimiter(self._redis_storage)
+        self._redis = RedisWindows(redis_url, prefix) if redis_url else None
         self._retry_redis_at = 0.0
         self._failing = False
-        self._items: dict[RateLimit, RateLimitItem] = {}
 
     @property
     def backend(self) -> str:
@@ -208,11 +245,8 @@ class Limiter:
         """Count ``cost`` hits of ``identity`` in ``bucket`` at ``rate`` (all or none); never raises."""
         redis = self._redis_now()
         if redis is not None:
-            item = self._items.get(rate)
-            if item is None:
-                item = self._items.setdefault(rate, _item(rate))
             try:
-                decision = await _decide(redis, item, bucket, identity, cost)
+                decision = await redis.hit(bucket, identity, rate, cost)
             except Exception as exc:  # any storage failure: keep serving from memory
                 self._redis_failed(exc)
             else:
@@ -230,7 +264,7 @@ class Limiter:
             return None
         return self._memory.hit(bucket, identity, rate, cost)
 
-    def _redis_now(self) -> MovingWindowRateLimiter | None:
+    def _redis_now(self) -> RedisWindows | None:
         """The Redis limiter, unless none is configured or it is in its back-off after a failure."""
         if self._redis is not None and time.monotonic() >= self._retry_redis_at:
             return self._redis
@@ -242,41 +276,21 @@ class Limiter:
         if not self._failing:
             self._failing = True
             FALLBACK.set(1)
-            log.error(
-                "rate limiting: Redis is unreachable (%r); limiting per process until it answers",
-                getattr(exc, "storage_error", None) or exc,
-            )
+            log.error("rate limiting: Redis is unreachable (%r); limiting per process until it answers", exc)
 
     async def check_redis(self) -> bool:
         """True when Redis answers (or none is configured)."""
-        if self._redis_storage is None:
+        if self._redis is None:
             return True
         try:
-            return bool(await self._redis_storage.check())
+            return await self._redis.check()
         except Exception:
             return False
 
     async def close(self) -> None:
-        if self._redis_storage is not None:
-            client = getattr(self._redis_storage.bridge, "storage", None)
+        if self._redis is not None:
             with contextlib.suppress(Exception):
-                if client is not None:
-                    await client.aclose()
-
-
-async def _decide(
-    limiter: MovingWindowRateLimiter, item: RateLimitItem, bucket: str, identity: str, cost: int = 1
-) -> Decision:
-    allowed = await limiter.hit(item, bucket, identity, cost=cost)
-    stats = await limiter.get_window_stats(item, bucket, identity)
-    reset_after = max(0.0, stats.reset_time - time.time())
-    return Decision(
-        allowed=allowed,
-        limit=item.amount,
-        remaining=max(0, stats.remaining),
-        reset_after=reset_after,
-        retry_after=0.0 if allowed else max(reset_after, 0.001),
-    )
+                await self._redis.close()
 
 
 def rate_limit_headers(bucket: str, rate: RateLimit, decision: Decision) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nexo.config import RateLimit
-from nexo.ratelimit import Bucket, Decision, Limiter, MemoryWindows, rate_limit_headers, redis_storage_uri
+from nexo.ratelimit import Bucket, Decision, Limiter, MemoryWindows, rate_limit_headers
 
 
 async def test_memory_limiter_allows_the_budget_then_refuses() -> None:
@@ -34,18 +34,6 @@ def test_headers_follow_the_ietf_draft_and_the_x_convention() -> None:
         "X-RateLimit-Remaining": "42",
         "X-RateLimit-Reset": "18",
     }
-
-
-@pytest.mark.parametrize(
-    ("url", "uri"),
-    [
-        ("redis://127.0.0.1:6379/0", "async+redis://127.0.0.1:6379/0"),
-        ("rediss://h:6380", "async+rediss://h:6380"),
-        ("unix:///run/redis.sock?db=1", "async+redis+unix:///run/redis.sock?db=1"),
-    ],
-)
-def test_redis_urls_map_to_limits_schemes(url: str, uri: str) -> None:
-    assert redis_storage_uri(url) == uri
 
 
 def test_redis_prefix_setting_is_validated() -> None:
