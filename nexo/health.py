@@ -9,7 +9,6 @@ older than ``STALE_SECONDS`` the service reports ``degraded`` with 503.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, json
 
 from nexo import __version__, counters
+from nexo.tasks import cancel_and_wait
 from nexo.timefmt import utc_iso
 
 log = logging.getLogger("nexo.health")
@@ -62,10 +62,7 @@ class HealthMonitor:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="nexo-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def report(self) -> tuple[int, dict[str, object]]:
         healthy = time.monotonic() - self.last_ok <= STALE_SECONDS

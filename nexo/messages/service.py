@@ -19,7 +19,6 @@ for the first to commit).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from prometheus_client import Counter, Histogram
 from nexo.errors import ErrorCode, NexoError, NotFound
 from nexo.messages import repository
 from nexo.messages.repository import NewMessage, StoredMessage
+from nexo.tasks import cancel_and_wait
 
 log = logging.getLogger("nexo.messages")
 
@@ -170,10 +170,7 @@ class MessageWriter:
 
     async def close(self) -> None:
         await self.drain()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

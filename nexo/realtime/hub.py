@@ -33,6 +33,7 @@ from nexo.messages import repository
 from nexo.messages.repository import StoredMessage
 from nexo.messages.service import Delivery
 from nexo.realtime.protocol import CloseCode, ServerFrame, dumps, text_frame
+from nexo.tasks import cancel_and_wait
 
 log = logging.getLogger("nexo.realtime")
 
@@ -381,10 +382,7 @@ class Hub:
         await asyncio.gather(*(conn.close(code, reason) for conn in self.connections()))
 
     async def stop(self) -> None:
-        if self._signal_task is not None:
-            self._signal_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._signal_task
+        await cancel_and_wait(self._signal_task)
 
 
 def on_commit(hub: Hub, publish: Callable[[set[int]], None]) -> Callable[[list[Delivery]], None]:

@@ -12,11 +12,11 @@ this holds across workers and instances with no broker message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from nexo.realtime.hub import Hub
+from nexo.tasks import cancel_and_wait
 
 log = logging.getLogger("nexo.realtime")
 
@@ -41,10 +41,7 @@ class SessionWatch:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="nexo-ws-sessions")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -1,0 +1,31 @@
+"""Stopping background tasks (nexo/tasks.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nexo.tasks import cancel_and_wait
+
+
+async def test_cancel_and_wait_returns_once_the_task_has_stopped() -> None:
+    cleaned = asyncio.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0)  # its clean-up may itself await
+            cleaned.set()
+
+    task = asyncio.create_task(forever())
+    await asyncio.sleep(0)
+    await cancel_and_wait(task)
+    assert task.cancelled() and cleaned.is_set()
+
+
+async def test_cancel_and_wait_accepts_no_task_and_a_finished_one() -> None:
+    await cancel_and_wait(None)
+    done = asyncio.create_task(asyncio.sleep(0))
+    await done
+    await cancel_and_wait(done)
+    assert done.done() and not done.cancelled()
