@@ -90,6 +90,18 @@ class Decision(NamedTuple):
     retry_after: float
 
 
+def _decision(allowed: bool, rate: RateLimit, counted: int, reset_after: float) -> Decision:
+    """A hit's outcome from what the window holds after it (memory and Redis alike)."""
+    reset_after = max(0.0, reset_after)
+    return Decision(
+        allowed=allowed,
+        limit=rate.amount,
+        remaining=max(0, rate.amount - counted),
+        reset_after=reset_after,
+        retry_after=0.0 if allowed else max(reset_after, 0.001),
+    )
+
+
 class _TokenVerifier(Protocol):
     def verify_access(self, token: str) -> Any: ...
 
@@ -143,13 +155,7 @@ class MemoryWindows:
             costs.append(cost)
             entry.total += cost
         reset_after = times[0] + window - now if times else float(window)
-        return Decision(
-            allowed=allowed,
-            limit=rate.amount,
-            remaining=max(0, rate.amount - entry.total),
-            reset_after=max(0.0, reset_after),
-            retry_after=0.0 if allowed else max(reset_after, 0.001),
-        )
+        return _decision(allowed, rate, entry.total, reset_after)
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + self.SWEEP_SECONDS
@@ -208,14 +214,7 @@ class RedisWindows:
     async def hit(self, bucket: str, identity: str, rate: RateLimit, cost: int = 1) -> Decision:
         key = f"{self.prefix}:{bucket}:{rate.amount}/{rate.window_seconds}:{identity}"
         allowed, count, reset = await self._script(keys=[key], args=[rate.window_seconds, rate.amount, cost])
-        reset_after = max(0.0, float(reset))
-        return Decision(
-            allowed=bool(allowed),
-            limit=rate.amount,
-            remaining=max(0, rate.amount - int(count)),
-            reset_after=reset_after,
-            retry_after=0.0 if allowed else max(reset_after, 0.001),
-        )
+        return _decision(bool(allowed), rate, int(count), float(reset))
 
     async def check(self) -> bool:
         return bool(await self.client.ping())
@@ -228,7 +227,6 @@ class Limiter:
     """Moving-window limiter over Redis (shared) or process memory."""
 
     def __init__(self, redis_url: str | None = None, prefix: str = "nexo") -> None:
-        self.redis_url = redis_url
         self._memory = MemoryWindows()
         self._redis = RedisWindows(redis_url, prefix) if redis_url else None
         self._retry_redis_at = 0.0
