@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-import logging
 import os
 import secrets
 import time
@@ -25,8 +23,6 @@ from nexo.devices import endpoints as devices_endpoints
 from nexo.messages import endpoints as messages_endpoints
 from nexo.realtime import ws as realtime_ws
 from nexo.transparency import endpoints as transparency_endpoints
-
-access_log = logging.getLogger("nexo.access")
 
 #: Feature modules in start order. Each has ``setup(app)``; some have
 #: ``async prepare(settings)`` run once before serving (``prepare_storage``).
@@ -111,6 +107,7 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     app.register_listener(open_database, "before_server_start", priority=1000)
     app.register_listener(close_database, "after_server_stop", priority=-1000)
     app.register_listener(_tune_gc, "after_server_start", priority=-1000)
+    app.register_listener(_flush_access_log, "after_server_stop", priority=-1001)
 
     app.blueprint(metrics.bp)
     for feature in FEATURES:
@@ -123,6 +120,10 @@ def create_app(settings: Settings | None = None) -> NexoApp:
 async def _tune_gc(app: NexoApp) -> None:
     """Last of the start-up listeners: what exists now lives as long as the worker."""
     gcpolicy.tune()
+
+
+async def _flush_access_log(app: NexoApp) -> None:
+    logs.ACCESS.flush()
 
 
 class NexoRequest(Request):
@@ -164,17 +165,14 @@ async def _finish_response(request: NexoRequest, response: BaseHTTPResponse) -> 
         headers.update(request.app.ctx.response_headers)
     status = response.status
     metrics.observe(request, status)
-    if access_log.isEnabledFor(logging.INFO) and (status >= 400 or request.path not in _QUIET_PATHS):
-        access_log.info(
-            json.dumps(
-                {
-                    "request_id": request_id,
-                    "method": request.method,
-                    "path": request.path,
-                    "status": status,
-                    "ms": round((time.perf_counter() - request.started) * 1000, 3),
-                    "client": request.remote_addr or request.ip,
-                },
-                separators=(",", ":"),
-            )
+    if logs.ACCESS.enabled and (status >= 400 or request.path not in _QUIET_PATHS):
+        logs.ACCESS.write(
+            {
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "ms": round((time.perf_counter() - request.started) * 1000, 3),
+                "client": request.remote_addr or request.ip,
+            }
         )
