@@ -8,12 +8,17 @@ that need Redis.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
+import re
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
 from contracts.server import DEFAULT_REDIS_URL, LocalServer, scratch_postgres
@@ -99,3 +104,23 @@ def pg_url() -> Iterator[str]:
     """A scratch PostgreSQL database, whatever the selected backend."""
     with scratch_postgres() as url:
         yield url
+
+
+def db_execute(server: LocalServer, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """Run one statement (``?`` placeholders) on the server's database, behind its back."""
+    url = server.env.get("DATABASE_URL")
+    if url:
+        counter = iter(range(1, 100))
+        pg_sql = re.sub(r"\?", lambda _m: f"${next(counter)}", sql)
+
+        async def run() -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.execute(pg_sql, *params)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+    else:
+        with sqlite3.connect(server.data_dir / "nexo.db") as conn:
+            conn.execute(sql, params)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
-import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,7 @@ from contracts.client import Account
 from contracts.server import LocalServer, run_nexo
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.sth import SignedTreeHead
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, db_execute
 
 FAST_LIMITS = {"NEXO_RATE_LIMIT": "1000000/minute", "NEXO_AUTH_RATE_LIMIT": "100000/minute"}
 DEVICES = 6
@@ -59,27 +56,6 @@ def audit(server: LocalServer, *extra: str, remote: bool = False) -> tuple[int, 
 
 def kinds(report: dict[str, Any]) -> set[tuple[str, int, str]]:
     return {(a["subject"], a["index"], a["kind"]) for a in report["anomalies"]}
-
-
-def db_execute(server: LocalServer, sql: str, params: tuple[Any, ...] = ()) -> None:
-    url = server.env.get("DATABASE_URL")
-    if url:
-        import asyncpg
-
-        counter = iter(range(1, 100))
-        pg_sql = re.sub(r"\?", lambda _m: f"${next(counter)}", sql)
-
-        async def run() -> None:
-            conn = await asyncpg.connect(url)
-            try:
-                await conn.execute(pg_sql, *params)
-            finally:
-                await conn.close()
-
-        asyncio.run(run())
-    else:
-        with sqlite3.connect(server.data_dir / "nexo.db") as conn:
-            conn.execute(sql, params)
 
 
 def sth_at(server: LocalServer, index: int) -> SignedTreeHead:

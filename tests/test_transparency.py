@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import shutil
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from contracts.client import Account
 from contracts.server import LocalServer, ServerFailed
 from nexo.transparency import merkle
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.sth import SignedTreeHead
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, db_execute
 
 
 def _key_path(server: LocalServer) -> Path:
@@ -112,3 +114,24 @@ def test_signing_key_file_setting_and_origin(make_server: ServerFactory, tmp_pat
     with pytest.raises(ServerFailed) as changed:
         server.start(timeout=30)
     assert "NEXO_LOG_ORIGIN" in str(changed.value)
+
+
+def test_health_keeps_counting_sths_when_a_counter_row_is_lost(make_server: ServerFactory) -> None:
+    server = make_server()
+    account = Account.create(server.base_url)
+    db_execute(server, "DELETE FROM counters WHERE name = 'sth_latest_timestamp_ms'")
+    for n in range(2):
+        response = httpx.post(
+            f"{server.base_url}/api/devices",
+            json={"name": f"d{n}", "public_key": base64.b64encode(bytes(32)).decode(), "key_type": "x25519"},
+            headers=account.headers,
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+    latest = _get(server, "/api/sth/latest").json()
+    deadline = time.monotonic() + 5  # health reads the counters every 0.25 s
+    while (health := _get(server, "/api/health").json())["sth_count"] != latest["index"] + 1:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
+    assert health["sth_latest_index"] == latest["index"]
+    assert 0 <= health["sth_latest_age_seconds"] < 60

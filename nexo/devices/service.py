@@ -133,7 +133,7 @@ class LoggedChange:
                 "leaf_hash": b64(entry.leaf_hash),
                 "leaf": b64(entry.leaf),
             },
-            "sth": entry.sth.to_json(),
+            "sth": entry.sth_json,
             "inclusion_proof": [b64(h) for h in entry.inclusion_proof],
         }
 

@@ -159,9 +159,23 @@ async def append(
 
 
 async def bump_sth_counters(conn: BaseDBAsyncClient, sth: SignedTreeHead) -> None:
-    """Same transaction as the STH row: health's ``sth_count`` and latest timestamp."""
-    await counters.add("sths", 1, using=conn)
-    await counters.set_value("sth_latest_timestamp_ms", sth.timestamp_ms, using=conn)
+    """Same transaction as the STH row: health's ``sth_count`` and latest timestamp.
+
+    One statement while both counters exist (they are made with STH 0).
+    """
+    # execute_query_dict: Tortoise's asyncpg client drops the RETURNING rows of execute_query.
+    rows = await conn.execute_query_dict(_sql(_BUMP_STH_COUNTERS, conn), [sth.timestamp_ms])
+    bumped = {str(row["name"]) for row in rows}
+    if "sths" not in bumped:
+        await counters.add("sths", 1, using=conn)
+    if "sth_latest_timestamp_ms" not in bumped:
+        await counters.set_value("sth_latest_timestamp_ms", sth.timestamp_ms, using=conn)
+
+
+_BUMP_STH_COUNTERS = (
+    "UPDATE counters SET value = CASE WHEN name = 'sths' THEN value + 1 ELSE ? END "
+    "WHERE name IN ('sths', 'sth_latest_timestamp_ms') RETURNING name"
+)
 
 
 async def entries(start: int, end: int) -> list[tuple[int, bytes]]:

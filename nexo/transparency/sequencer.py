@@ -76,6 +76,8 @@ class Sequenced:
     leaf_hash: bytes
     sth: SignedTreeHead
     inclusion_proof: list[bytes]
+    #: ``sth.to_json()``, made once per batch and shared by its entries: do not modify.
+    sth_json: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -182,6 +184,7 @@ class Sequencer:
         missing = needed - known.keys()
         if missing:
             known.update(await repository.get_nodes(missing))
+        sth_json = signed.to_json()
         now = time.perf_counter()
         for offset, pending in enumerate(accepted):
             result = Sequenced(
@@ -190,6 +193,7 @@ class Sequencer:
                 leaf_hash=hashes[offset],
                 sth=signed,
                 inclusion_proof=merkle.build_path(ranges[offset], known),
+                sth_json=sth_json,
             )
             SEQUENCE_LATENCY.observe(now - pending.queued)
             if not pending.future.done():
