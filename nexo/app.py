@@ -15,7 +15,7 @@ from sanic import Request, Sanic
 from sanic.config import Config
 from sanic.response import BaseHTTPResponse
 
-from nexo import db, errors, gcpolicy, health, logs, metrics, ratelimit
+from nexo import db, errors, gcpolicy, health, logs, metrics, ratelimit, speedups
 from nexo.auth import endpoints as auth_endpoints
 from nexo.checkpoint import Checkpointer, WriterConnection
 from nexo.config import Settings
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     if settings is None:
         settings = Settings.from_env(dev=os.environ.get("NEXO_DEV") == "1")
     logs.configure(settings.log_level, settings.access_log)
+    speedups.install()
     app: NexoApp = Sanic("nexo", ctx=SimpleNamespace(), configure_logging=True, request_class=NexoRequest)
     app.ctx.settings = settings
     app.ctx.response_headers = dict(SECURITY_HEADERS)

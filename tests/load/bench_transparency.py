@@ -45,6 +45,7 @@ import httpx
 
 from contracts.client import Account
 from contracts.server import LocalServer, random_secret, scratch_postgres
+from tests.load.ws_bench import session_cpu_seconds
 
 FAST_LIMITS = {"NEXO_RATE_LIMIT": "100000000/minute", "NEXO_AUTH_RATE_LIMIT": "1000000/minute"}
 
@@ -148,6 +149,8 @@ def bench_register(args: argparse.Namespace, stack: contextlib.ExitStack) -> Non
             )
         )
     before = httpx.get(f"{server.base_url}/api/sth/latest", timeout=10).json()
+    session = server.process.pid if server.process else None
+    cpu_before = sum(session_cpu_seconds(session))
     for worker in workers:
         worker.start()
     latencies: list[float] = []
@@ -158,6 +161,7 @@ def bench_register(args: argparse.Namespace, stack: contextlib.ExitStack) -> Non
         errors += errs
     for worker in workers:
         worker.join()
+    server_cpu = sum(session_cpu_seconds(session)) - cpu_before
     after = httpx.get(f"{server.base_url}/api/sth/latest", timeout=10).json()
     ms = sorted(x * 1000 for x in latencies)
     sths = after["index"] - before["index"]
@@ -172,6 +176,10 @@ def bench_register(args: argparse.Namespace, stack: contextlib.ExitStack) -> Non
         f"max {ms[-1]:.1f} ms"
     )
     print(f"  STHs signed         {sths} (mean batch {len(ms) / max(sths, 1):.1f} leaves)")
+    print(
+        f"  server CPU          {server_cpu / max(len(ms), 1) * 1e6:.0f} us per registration "
+        f"({server_cpu / args.seconds:.2f} cores busy)"
+    )
     if errors:
         print(f"  first error: {errors[0]}")
     server.stop()
