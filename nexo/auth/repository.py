@@ -114,14 +114,17 @@ async def live_session_username(session_id: str, user_id: int) -> str | None:
 
     One indexed query per authenticated request, so it is written by hand.
     """
-    rows = await db.connection().execute_query_dict(
-        db.placeholders(
-            "SELECT u.username FROM sessions s JOIN users u ON u.id = s.user_id "
-            "WHERE s.id = ? AND s.user_id = ? AND s.revoked_at IS NULL"
-        ),
-        [session_id, user_id],
+    conn = db.connection()
+    rows = await conn.execute_query_dict(
+        db.placeholders(_LIVE_SESSION_USERNAME, conn.capabilities.dialect), [session_id, user_id]
     )
     return str(rows[0]["username"]) if rows else None
+
+
+_LIVE_SESSION_USERNAME = (
+    "SELECT u.username FROM sessions s JOIN users u ON u.id = s.user_id "
+    "WHERE s.id = ? AND s.user_id = ? AND s.revoked_at IS NULL"
+)
 
 
 #: Session ids per :func:`live_sessions` query.

@@ -149,6 +149,12 @@ def build_path(ranges: Sequence[Range], nodes: Mapping[NodeId, bytes]) -> list[b
     return [hash_range(lo, hi, get) for lo, hi in ranges]
 
 
+def hash_ranges(ranges: Iterable[Range], nodes: Mapping[NodeId, bytes]) -> dict[Range, bytes]:
+    """The hash of each distinct range (the proofs of one batch share most of theirs)."""
+    get = _getter(nodes)
+    return {(lo, hi): hash_range(lo, hi, get) for lo, hi in set(ranges)}
+
+
 def root_from_nodes(size: int, nodes: Mapping[NodeId, bytes]) -> bytes:
     return hash_range(0, size, _getter(nodes))
 

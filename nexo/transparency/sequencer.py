@@ -98,6 +98,8 @@ class Sequencer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: ((tree size, root hash), root nodes) of the last STH this sequencer committed.
+        self._frontier: tuple[tuple[int, bytes], dict[merkle.NodeId, bytes]] | None = None
 
     def register_writer(self, kind: str, writer: EntryWriter) -> None:
         self.writers[kind] = writer
@@ -159,7 +161,9 @@ class Sequencer:
             size = previous.tree_size
             leaves = [pending.leaf for pending in accepted]
             hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
-            frontier = await repository.get_nodes(merkle.root_nodes(size), conn)
+            frontier = self._frontier_of(previous)
+            if frontier is None:
+                frontier = await repository.get_nodes(merkle.root_nodes(size), conn)
             created = merkle.appended_nodes(size, frontier, hashes)
             new_size = size + len(leaves)
             known = {**frontier, **created}
@@ -174,16 +178,16 @@ class Sequencer:
             signed = sth_mod.sign(head, self.key)
             await repository.add_sth(conn, signed)
             await repository.bump_sth_counters(conn, signed)
+        self._remember_frontier(signed, known)
         STHS_SIGNED.inc()
         LEAVES_APPENDED.inc(len(accepted))
         BATCH_SIZE.observe(len(accepted))
-        needed: set[merkle.NodeId] = set()
         ranges = [merkle.inclusion_ranges(size + offset, new_size) for offset in range(len(accepted))]
-        for item in ranges:
-            needed |= merkle.nodes_for(item)
-        missing = needed - known.keys()
+        distinct = {item for path in ranges for item in path}
+        missing = merkle.nodes_for(distinct) - known.keys()
         if missing:
             known.update(await repository.get_nodes(missing))
+        hashed = merkle.hash_ranges(distinct, known)
         sth_json = signed.to_json()
         now = time.perf_counter()
         for offset, pending in enumerate(accepted):
@@ -192,12 +196,28 @@ class Sequencer:
                 leaf=pending.leaf,
                 leaf_hash=hashes[offset],
                 sth=signed,
-                inclusion_proof=merkle.build_path(ranges[offset], known),
+                inclusion_proof=[hashed[item] for item in ranges[offset]],
                 sth_json=sth_json,
             )
             SEQUENCE_LATENCY.observe(now - pending.queued)
             if not pending.future.done():
                 pending.future.set_result(result)
+
+    def _frontier_of(self, latest: SignedTreeHead) -> dict[merkle.NodeId, bytes] | None:
+        """The root nodes of ``latest``'s tree if this sequencer made it (saves a read per batch).
+
+        Matched on size and root hash, so an STH another worker or instance signed
+        meanwhile is never mistaken for ours.
+        """
+        cached = self._frontier
+        if cached is None or cached[0] != (latest.tree_size, latest.root_hash):
+            return None
+        return cached[1]
+
+    def _remember_frontier(self, head: SignedTreeHead, known: dict[merkle.NodeId, bytes]) -> None:
+        wanted = merkle.root_nodes(head.tree_size)
+        if all(node in known for node in wanted):
+            self._frontier = ((head.tree_size, head.root_hash), {node: known[node] for node in wanted})
 
     async def _claim(self, conn: BaseDBAsyncClient, batch: list[_Pending]) -> list[_Pending]:
         by_kind: dict[str, list[_Pending]] = {}

@@ -204,6 +204,31 @@ def test_appended_nodes_builds_the_same_tree_in_batches() -> None:
             assert stored[(level, index)] == value
 
 
+def test_batch_proofs_from_the_appended_nodes_as_the_sequencer_makes_them() -> None:
+    """A batch's proofs, each distinct range hashed once, equal the reference proofs; the new
+    tree's root nodes are all among the old root nodes and the created ones (the frontier the
+    sequencer keeps for its next batch)."""
+    rng = random.Random(9162)
+    reference = MemoryTree()
+    size = 0
+    while size < 700:
+        batch = [rng.randbytes(32) for _ in range(rng.randrange(1, 60))]
+        frontier = {node: reference.node(*node) for node in merkle.root_nodes(size)}
+        known = {**frontier, **merkle.appended_nodes(size, frontier, batch)}
+        for value in batch:
+            reference.append_hash(value)
+        new_size = size + len(batch)
+        assert set(merkle.root_nodes(new_size)) <= known.keys()
+        ranges = [merkle.inclusion_ranges(index, new_size) for index in range(size, new_size)]
+        distinct = {item for path in ranges for item in path}
+        for node in merkle.nodes_for(distinct) - known.keys():
+            known[node] = reference.node(*node)
+        hashed = merkle.hash_ranges(distinct, known)
+        for index, path in zip(range(size, new_size), ranges, strict=True):
+            assert [hashed[item] for item in path] == reference.inclusion_proof(index, new_size)
+        size = new_size
+
+
 def test_empty_tree_and_bad_arguments() -> None:
     assert MemoryTree().root() == hashlib.sha256(b"").digest()
     with pytest.raises(ProofError):
