@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> NexoApp:
         settings: Settings = app.ctx.settings
         await db.init_db(settings, create_schema=False)
         app.ctx.checkpointer = None
+        db.open_quick_reader(settings)
         if settings.database_kind == "sqlite":
             # Checkpoints move to their own thread (nexo/checkpoint.py), off the commits.
             await db.connection().execute_script("PRAGMA wal_autocheckpoint = 0")
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> NexoApp:
             app.ctx.checkpointer.start()
 
     async def close_database(app: NexoApp) -> None:
+        db.close_quick_reader()
         await db.close_db()
         if app.ctx.checkpointer is not None:
             app.ctx.checkpointer.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlparse, urlunparse
@@ -100,6 +101,58 @@ def create_sqlite_file(path: Path) -> None:
 
 async def close_db() -> None:
     await Tortoise.close_connections()
+
+
+class QuickReader:
+    """Point reads on SQLite in the calling (event-loop) thread, without Tortoise.
+
+    A query through Tortoise and aiosqlite hops to aiosqlite's thread and back:
+    about 50-80 µs of CPU, against 2-10 µs for an indexed lookup run in place.
+    The check "is this session live?" runs on every authenticated request, so it
+    uses this reader. Its own connection is read-only (``query_only``) with no
+    busy timeout: in WAL mode a reader never waits for the writer, and in the
+    rare case it cannot read at once (WAL recovery, an exclusive lock) it
+    answers ``None`` and the caller takes the normal path, so the event loop is
+    never blocked waiting for a lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None)
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        self._conn.execute("PRAGMA query_only = ON")
+
+    def fetch(self, query: str, params: Sequence[Any]) -> list[Any] | None:
+        """The rows, or ``None`` when the database cannot be read at once."""
+        try:
+            return self._conn.execute(query, params).fetchall()
+        except sqlite3.OperationalError:
+            return None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+_quick_reader: QuickReader | None = None
+
+
+def open_quick_reader(settings: Settings) -> None:
+    """Open the process's :class:`QuickReader` (SQLite only; a server worker calls this)."""
+    global _quick_reader
+    close_quick_reader()
+    if settings.database_kind == "sqlite":
+        _quick_reader = QuickReader(settings.sqlite_path)
+
+
+def close_quick_reader() -> None:
+    global _quick_reader
+    if _quick_reader is not None:
+        _quick_reader.close()
+        _quick_reader = None
+
+
+def quick_reader() -> QuickReader | None:
+    """The open :class:`QuickReader`, or ``None`` (PostgreSQL, CLI commands, tests)."""
+    return _quick_reader
 
 
 def connection() -> BaseDBAsyncClient:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nexo import db
@@ -147,3 +148,45 @@ def test_the_server_checkpoints_its_sqlite_wal(make_server: ServerFactory) -> No
             return
         time.sleep(0.2)
     raise AssertionError(f"no WAL checkpoints reported in 10 s: {counts}")
+
+
+async def test_quick_reader_sees_each_commit_at_once(tmp_path: Path) -> None:
+    settings = Settings(jwt_secret="x" * 32, data_dir=tmp_path)
+    await db.init_db(settings)
+    db.open_quick_reader(settings)
+    try:
+        reader = db.quick_reader()
+        assert reader is not None
+        await db.connection().execute_query("INSERT INTO counters (name, value) VALUES ('probe', 1)")
+        query = "SELECT value FROM counters WHERE name = ?"
+        assert reader.fetch(query, ("probe",)) == [(1,)]
+        await db.connection().execute_query("UPDATE counters SET value = 2 WHERE name = 'probe'")
+        assert reader.fetch(query, ("probe",)) == [(2,)]  # the next read sees the commit
+        with pytest.raises(sqlite3.OperationalError):  # read-only: a write is refused, not made
+            reader._conn.execute("DELETE FROM counters")
+        assert reader.fetch(query, ("probe",)) == [(2,)]
+    finally:
+        db.close_quick_reader()
+        await db.close_db()
+    assert db.quick_reader() is None
+
+
+def test_quick_reader_answers_none_at_once_when_it_cannot_read(tmp_path: Path) -> None:
+    """Never a wait on the event loop: a locked database means "take the normal path"."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    reader = db.QuickReader(path)
+    try:
+        started = time.perf_counter()
+        assert reader.fetch("SELECT x FROM t", ()) is None
+        assert time.perf_counter() - started < 0.5
+        holder.execute("COMMIT")
+        holder.close()
+        assert reader.fetch("SELECT x FROM t", ()) == [(1,)]
+    finally:
+        reader.close()

@@ -112,13 +112,17 @@ async def get_session_user(session_id: str) -> User | None:
 async def live_session_username(session_id: str, user_id: int) -> str | None:
     """The username if the session is live and belongs to an existing user, else None.
 
-    One indexed query per authenticated request, so it is written by hand.
+    One indexed query per authenticated request, so it is written by hand and, on
+    SQLite, run in place by :class:`nexo.db.QuickReader`.
     """
-    conn = db.connection()
-    rows = await conn.execute_query_dict(
-        db.placeholders(_LIVE_SESSION_USERNAME, conn.capabilities.dialect), [session_id, user_id]
-    )
-    return str(rows[0]["username"]) if rows else None
+    reader = db.quick_reader()
+    found = reader.fetch(_LIVE_SESSION_USERNAME, (session_id, user_id)) if reader else None
+    if found is None:
+        conn = db.connection()
+        _, found = await conn.execute_query(
+            db.placeholders(_LIVE_SESSION_USERNAME, conn.capabilities.dialect), [session_id, user_id]
+        )
+    return str(found[0][0]) if found else None
 
 
 _LIVE_SESSION_USERNAME = (
