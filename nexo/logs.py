@@ -64,14 +64,12 @@ class AccessLog:
             f"{self._stamp},{int((now - second) * 1000):03d}{self._prefix_tail}"
             f"{json.dumps(entry, separators=(',', ':'))}\n"
         )
-        if not self._lines:
+        self._lines.append(line)
+        if len(self._lines) == 1:  # the first line of this turn schedules the write
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:
-                self._lines.append(line)
+            except RuntimeError:  # no running loop: write now
                 self.flush()
-                return
-        self._lines.append(line)
 
     def flush(self) -> None:
         if not self._lines:
