@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
@@ -116,7 +117,9 @@ async def live_session_username(session_id: str, user_id: int) -> str | None:
     SQLite, run in place by :class:`nexo.db.QuickReader`.
     """
     reader = db.quick_reader()
-    found = reader.fetch(_LIVE_SESSION_USERNAME, (session_id, user_id)) if reader else None
+    found: Sequence[Any] | None = (
+        reader.fetch(_LIVE_SESSION_USERNAME, (session_id, user_id)) if reader else None
+    )
     if found is None:
         conn = db.connection()
         _, found = await conn.execute_query(
