@@ -45,7 +45,7 @@ import httpx
 
 from contracts.client import Account
 from contracts.server import LocalServer, random_secret, scratch_postgres
-from tests.load.ws_bench import session_cpu_seconds
+from tests.load.procstat import session_cpu_seconds
 
 FAST_LIMITS = {"NEXO_RATE_LIMIT": "100000000/minute", "NEXO_AUTH_RATE_LIMIT": "1000000/minute"}
 

@@ -44,6 +44,7 @@ from websockets.asyncio.client import connect
 
 from contracts.client import Account, new_password, new_username
 from tests.load.leanws import LeanClient
+from tests.load.procstat import session_cpu_seconds
 
 PHASE_TIMEOUT = float(os.environ.get("WS_BENCH_TIMEOUT", "300"))
 
@@ -178,26 +179,6 @@ def _pair_proc(args: tuple[str, list[tuple[str, str, str]], int], out: Any) -> N
 def _split(items: list[Any], parts: int) -> list[list[Any]]:
     parts = max(1, min(parts, len(items)))
     return [items[i::parts] for i in range(parts)]
-
-
-def session_cpu_seconds(session_id: int | None) -> tuple[float, float]:
-    """CPU seconds (user, system) of every process in the server's session (Linux /proc)."""
-    if session_id is None:
-        return float("nan"), float("nan")
-    user = system = 0
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session_id:  # field 6 (session) after pid and comm
-            user += int(fields[11])
-            system += int(fields[12])
-    return user / tick, system / tick
 
 
 SERVER_SESSION: int | None = None
