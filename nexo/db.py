@@ -190,6 +190,11 @@ def placeholders(query: str, dialect_name: str | None = None) -> str:
     return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", query)
 
 
+def sql_for(query: str, conn: BaseDBAsyncClient) -> str:
+    """:func:`placeholders` for the dialect of ``conn`` (a connection or a transaction)."""
+    return placeholders(query, conn.capabilities.dialect)
+
+
 async def push_schema() -> int:
     """Create missing tables and indexes; never drop or rewrite existing data.
 

@@ -52,7 +52,8 @@ class AccessLog:
         self._lines: list[str] = []
         self._second = -1
         self._stamp = ""
-        self._prefix_tail = f" INFO nexo.access [{os.getpid()}] "
+        self._prefix_tail = ""
+        self.after_fork()
 
     def write(self, entry: dict[str, Any]) -> None:
         now = time.time()
@@ -84,7 +85,7 @@ class AccessLog:
             pass
 
     def after_fork(self) -> None:
-        """A worker process writes its own pid."""
+        """Take this process's pid (at creation, and again in a forked worker)."""
         self._prefix_tail = f" INFO nexo.access [{os.getpid()}] "
 
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import asyncpg
 import pytest
 
 from contracts.server import DEFAULT_REDIS_URL, LocalServer, scratch_postgres
+from nexo import db
 
 BACKEND = os.environ.get("NEXO_TEST_BACKEND", "sqlite")
 if BACKEND not in {"sqlite", "postgres"}:
@@ -110,13 +110,11 @@ def db_execute(server: LocalServer, sql: str, params: tuple[Any, ...] = ()) -> N
     """Run one statement (``?`` placeholders) on the server's database, behind its back."""
     url = server.env.get("DATABASE_URL")
     if url:
-        counter = iter(range(1, 100))
-        pg_sql = re.sub(r"\?", lambda _m: f"${next(counter)}", sql)
 
         async def run() -> None:
             conn = await asyncpg.connect(url)
             try:
-                await conn.execute(pg_sql, *params)
+                await conn.execute(db.placeholders(sql, "postgres"), *params)
             finally:
                 await conn.close()
 

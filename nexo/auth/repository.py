@@ -122,9 +122,7 @@ async def live_session_username(session_id: str, user_id: int) -> str | None:
     )
     if found is None:
         conn = db.connection()
-        _, found = await conn.execute_query(
-            db.placeholders(_LIVE_SESSION_USERNAME, conn.capabilities.dialect), [session_id, user_id]
-        )
+        _, found = await conn.execute_query(db.sql_for(_LIVE_SESSION_USERNAME, conn), [session_id, user_id])
     return str(found[0][0]) if found else None
 
 

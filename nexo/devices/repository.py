@@ -44,7 +44,7 @@ class RegisterWriter:
     async def write(self, conn: BaseDBAsyncClient, items: list[tuple[NewDevice, int]]) -> None:
         # By hand: building a Device model per row cost more than the insert itself.
         await conn.execute_many(
-            db.placeholders(_INSERT_DEVICE, conn.capabilities.dialect),
+            db.sql_for(_INSERT_DEVICE, conn),
             [
                 [
                     str(new.id),

@@ -25,10 +25,6 @@ _STH_COLUMNS = (
 )
 
 
-def _sql(query: str, conn: BaseDBAsyncClient) -> str:
-    return db.placeholders(query, conn.capabilities.dialect)
-
-
 def _row_to_sth(row: Any) -> SignedTreeHead:
     return SignedTreeHead(
         TreeHead(
@@ -45,7 +41,7 @@ def _row_to_sth(row: Any) -> SignedTreeHead:
 
 async def _query(sql: str, values: list[Any] | None = None, conn: BaseDBAsyncClient | None = None) -> Any:
     conn = conn or db.connection()
-    _, rows = await conn.execute_query(_sql(sql, conn), values or [])
+    _, rows = await conn.execute_query(db.sql_for(sql, conn), values or [])
     return rows
 
 
@@ -114,7 +110,7 @@ async def iter_leaves(batch: int = 5000) -> AsyncIterator[tuple[int, bytes, byte
 
 async def add_sth(conn: BaseDBAsyncClient, sth: SignedTreeHead) -> None:
     await conn.execute_query(
-        _sql(f"INSERT INTO sths ({_STH_COLUMNS}, sth_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", conn),
+        db.sql_for(f"INSERT INTO sths ({_STH_COLUMNS}, sth_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", conn),
         [
             sth.index,
             sth.tree_size,
@@ -149,11 +145,11 @@ async def append(
 ) -> None:
     """Write a batch of leaves (from ``first_index``) and the subtree hashes they complete."""
     await conn.execute_many(
-        _sql("INSERT INTO log_leaves (leaf_index, leaf) VALUES (?, ?)", conn),
+        db.sql_for("INSERT INTO log_leaves (leaf_index, leaf) VALUES (?, ?)", conn),
         [[first_index + offset, leaf] for offset, leaf in enumerate(leaves)],
     )
     await conn.execute_many(
-        _sql("INSERT INTO log_nodes (key, hash) VALUES (?, ?)", conn),
+        db.sql_for("INSERT INTO log_nodes (key, hash) VALUES (?, ?)", conn),
         [[node_key(level, index), value] for (level, index), value in nodes.items()],
     )
 
@@ -164,7 +160,7 @@ async def bump_sth_counters(conn: BaseDBAsyncClient, sth: SignedTreeHead) -> Non
     One statement while both counters exist (they are made with STH 0).
     """
     # execute_query_dict: Tortoise's asyncpg client drops the RETURNING rows of execute_query.
-    rows = await conn.execute_query_dict(_sql(_BUMP_STH_COUNTERS, conn), [sth.timestamp_ms])
+    rows = await conn.execute_query_dict(db.sql_for(_BUMP_STH_COUNTERS, conn), [sth.timestamp_ms])
     bumped = {str(row["name"]) for row in rows}
     if "sths" not in bumped:
         await counters.add("sths", 1, using=conn)
