@@ -328,9 +328,21 @@ def _token_user(request: Request) -> int | None:
     return int(claims.user_id)
 
 
+def budget_path(request: Request) -> str:
+    """The path that decides the budget: the matched route's pattern, not the raw path.
+
+    Sanic answers ``/api/auth/login/`` (and any other spelling its router maps there)
+    with the login handler, so the budget must follow the route, or a trailing slash
+    would move login attempts to the larger API budget. An unmatched request keeps
+    its raw path.
+    """
+    route = request.route
+    return request.path if route is None else "/" + route.path.lstrip("/")
+
+
 def classify(request: Request, settings: Settings) -> tuple[Bucket, str, RateLimit] | None:
     """Which budget a request spends, and whose; ``None`` when exempt."""
-    path = request.path
+    path = budget_path(request)
     if path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES) or request.method == "OPTIONS":
         return None
     if path in AUTH_PATHS:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
-from tortoise.functions import Min
+from tortoise.functions import Count, Min
 from tortoise.transactions import in_transaction
 
 from nexo import counters, db
@@ -156,20 +157,51 @@ async def live_sessions(session_ids: Iterable[str]) -> set[str]:
 # -- failed logins --------------------------------------------------------------------------
 
 
-async def record_login_failure(username: str, address: str, at: datetime) -> None:
-    await LoginFailure.create(username=username, address=address, at=at)
+#: ``pg_advisory_xact_lock(class, key)`` class of the login-attempt locks ("NXLF"); the
+#: two-integer form lives apart from the one-bigint locks of the sequencer and messages.
+LOGIN_LOCK_CLASS = 0x4E584C46
 
 
-async def login_failures_since(username: str, address: str, since: datetime) -> tuple[int, datetime | None]:
-    """How many failures for this pair since ``since``, and the oldest of them."""
-    row = (
-        await LoginFailure.filter(username=username, address=address, at__gte=since)
-        .annotate(oldest=Min("at"))
-        .group_by("username")
-        .values("oldest")
-    )
-    count = await LoginFailure.filter(username=username, address=address, at__gte=since).count()
-    return count, (row[0]["oldest"] if row else None)
+@dataclass(frozen=True, slots=True)
+class AttemptSlot:
+    """The outcome of :func:`reserve_login_attempt`.
+
+    ``reserved``: the id of the failure row written for this attempt (``None`` when the
+    pair is locked out); ``failures``: the failures counted in the window before it;
+    ``oldest``: the oldest of them (when the lockout ends).
+    """
+
+    reserved: int | None
+    failures: int
+    oldest: datetime | None
+
+
+async def reserve_login_attempt(
+    username: str, address: str, now: datetime, since: datetime, threshold: int
+) -> AttemptSlot:
+    """Count the pair's failures since ``since`` and, if under ``threshold``, record this
+    attempt as a failure, in one serialised step.
+
+    The attempt is recorded *before* the password is checked (a success deletes it), so
+    concurrent attempts cannot all read the same count: at most ``threshold`` attempts
+    per pair and window are ever evaluated. PostgreSQL: a transaction-scoped advisory
+    lock on the pair serialises every worker and instance; SQLite (one worker): the
+    connection's transaction lock does.
+    """
+    async with in_transaction() as conn:
+        if conn.capabilities.dialect == "postgres":
+            await conn.execute_query(
+                f"SELECT pg_advisory_xact_lock({LOGIN_LOCK_CLASS}, hashtext($1))", [f"{username}\n{address}"]
+            )
+        window = LoginFailure.filter(username=username, address=address, at__gte=since).using_db(conn)
+        found = await window.annotate(count=Count("id"), oldest=Min("at")).group_by("username").values(
+            "count", "oldest"
+        )
+        count, oldest = (int(found[0]["count"]), found[0]["oldest"]) if found else (0, None)
+        if count >= threshold:
+            return AttemptSlot(None, count, oldest)
+        row = await LoginFailure.create(username=username, address=address, at=now, using_db=conn)
+    return AttemptSlot(row.id, count, oldest)
 
 
 async def clear_login_failures(

@@ -115,28 +115,29 @@ class AuthService:
         name = username.strip().lower()[:64]
         now = now_utc()
         window = timedelta(seconds=self.settings.login_lockout_window)
-        failures, oldest = await repository.login_failures_since(name, address, now - window)
-        if failures >= self.settings.login_lockout_threshold:
+        slot = await repository.reserve_login_attempt(
+            name, address, now, now - window, self.settings.login_lockout_threshold
+        )
+        if slot.reserved is None:
             LOCKED_OUT.inc()
-            retry_after = ((oldest or now) + window - now).total_seconds()
+            retry_after = ((slot.oldest or now) + window - now).total_seconds()
             log.warning(
-                "login refused: locked out username=%s address=%s failures=%d", name, address, failures
+                "login refused: locked out username=%s address=%s failures=%d", name, address, slot.failures
             )
             raise TooManyRequests(
                 "too many failed logins for this username from this address; try again later",
                 retry_after=retry_after,
                 code=ErrorCode.TOO_MANY_FAILED_LOGINS,
             )
+        # This attempt is already recorded as a failure (see reserve_login_attempt).
         user = await repository.get_by_username(name) if len(password.encode()) <= MAX_BYTES else None
         ok = await self.passwords.verify(user.password_hash if user else None, password[:MAX_BYTES])
         if not ok or user is None:
             reason = "unknown_user" if user is None else "wrong_password"
             FAILED_LOGINS.labels(reason).inc()
-            await repository.record_login_failure(name, address, now)
             log.warning("failed login username=%s address=%s reason=%s", name, address, reason)
             raise Unauthorized("invalid username or password", code=ErrorCode.INVALID_CREDENTIALS)
-        if failures:
-            await repository.clear_login_failures(name, address)
+        await repository.clear_login_failures(name, address)
         return await self._new_session(user)
 
     async def _new_session(self, user: User) -> TokenPair:
