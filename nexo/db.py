@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlparse, urlunparse
 
+import asyncpg
 from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import BaseORMException
@@ -172,6 +173,13 @@ async def wal_checkpoint(mode: str) -> tuple[int, int, int]:
         raise sqlite3.OperationalError(str(exc)) from exc
     busy, pages, copied = rows[0]
     return busy, pages, copied
+
+
+def unreachable(error: BaseException) -> bool:
+    """The database did not answer (as opposed to refusing a statement): retrying parts is futile."""
+    # OSError covers ConnectionError and Tortoise's DBConnectionError; PostgresConnectionError
+    # covers asyncpg's ConnectionDoesNotExistError and SQLSTATE class 08.
+    return isinstance(error, OSError | TimeoutError | asyncpg.PostgresConnectionError)
 
 
 def dialect() -> str:

@@ -12,8 +12,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sanic import Request
 
 from nexo.errors import BadRequest, ErrorCode, ValidationFailed
+from nexo.text import has_lone_surrogate, may_hold_escapes
 
 M = TypeVar("M", bound=BaseModel)
+
+#: Largest value of every integer parameter: the databases' BIGINT (seq, indexes, sizes).
+INT64_MAX = 2**63 - 1
 
 
 class Body(BaseModel):
@@ -38,6 +42,12 @@ def json_object(request: Request) -> dict[str, Any]:
         raise BadRequest("the request body is not valid JSON", code=ErrorCode.INVALID_JSON) from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object", code=ErrorCode.INVALID_JSON)
+    if may_hold_escapes(request.body) and has_lone_surrogate(data):
+        # RFC 7493 (I-JSON) §2.1; such a string cannot be stored, hashed or echoed as UTF-8.
+        raise BadRequest(
+            "the request body holds a lone surrogate escape: strings must be valid Unicode",
+            code=ErrorCode.INVALID_JSON,
+        )
     return data
 
 

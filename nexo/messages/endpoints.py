@@ -14,7 +14,7 @@ from nexo.errors import NotFound, ValidationFailed
 from nexo.messages import service
 from nexo.messages.service import MessageWriter, RecipientCache, UnknownRecipient
 from nexo.realtime.protocol import FrameError, normalize_message_id
-from nexo.validation import Body, Query, parse_body, parse_query
+from nexo.validation import INT64_MAX, Body, Query, parse_body, parse_query
 
 bp = Blueprint("messages", url_prefix="/api")
 
@@ -28,7 +28,7 @@ class SendBody(Body):
 
 
 class ListQuery(Query):
-    since: int = Field(default=0, ge=0)
+    since: int = Field(default=0, ge=0, le=INT64_MAX)
     limit: int = Field(default=100, ge=1, le=MAX_LIST)
 
 

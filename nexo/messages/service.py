@@ -7,6 +7,15 @@ next batch starts the moment the previous commit ends (no timer), and a
 lone message takes the plain one-row path at once. An answer (``ack``) is
 given only after the commit returns.
 
+Failure isolation (issue 14): a batch the database refuses is split in
+halves and each half committed on its own, recursively, so a row only the
+database objects to (a constraint, an encoding) fails alone and every other
+message of the batch is stored and acked; a batch is split at most
+:data:`MAX_ISOLATION_COMMITS` times, and never when the database is
+unreachable (every half would fail the same way). Input is validated before
+it is queued (:func:`check_body`, ``protocol.parse_frame``), so a client
+cannot normally reach this path.
+
 Exactly-once: ``message_id`` is unique in the database; the INSERT skips ids
 that exist (``ON CONFLICT DO NOTHING``) and the skipped ones are read back
 after the commit: same sender, recipient and body → the original ``seq``
@@ -26,15 +35,20 @@ from typing import NamedTuple
 
 from prometheus_client import Counter, Histogram
 
+from nexo import db
+from nexo.auth.service import USERNAME_RE
 from nexo.errors import ErrorCode, NexoError, NotFound
 from nexo.messages import repository
 from nexo.messages.repository import NewMessage, StoredMessage
 from nexo.tasks import cancel_and_wait
+from nexo.text import body_problem
 
 log = logging.getLogger("nexo.messages")
 
 #: Largest batch one commit takes; more waiting messages go in the next one.
 MAX_BATCH = 2000
+#: Extra commits one failed batch may spend isolating its bad rows (about 2·log2(batch) per bad row).
+MAX_ISOLATION_COMMITS = 64
 #: How long a username → user id answer is reused (seconds).
 RECIPIENT_CACHE_SECONDS = 30.0
 
@@ -77,6 +91,13 @@ class UnknownRecipient(NexoError):
 class BodyTooLarge(NexoError):
     status = 413
     code = "body_too_large"
+
+
+class InvalidBody(NexoError):
+    """The body is not storable text (U+0000); refused before it is queued, on every backend."""
+
+    status = 422
+    code = "invalid_body"
 
 
 class StorageUnavailable(NexoError):
@@ -196,10 +217,10 @@ class MessageWriter:
         first: dict[str, _Pending] = {}
         for item in batch:
             first.setdefault(item.message.message_id, item)
-        inserted = await repository.insert_batch([item.message for item in first.values()])
+        inserted, failed = await _insert_isolating(list(first.values()))
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         BATCH_SIZE.observe(len(batch))
-        missing = [mid for mid in first if mid not in inserted]
+        missing = [mid for mid in first if mid not in inserted and mid not in failed]
         existing = await repository.get_by_message_ids(missing) if missing else {}
         deliveries = [
             Delivery(
@@ -227,8 +248,10 @@ class MessageWriter:
             message = item.message
             mid = message.message_id
             seq = inserted.get(mid)
-            if seq is not None and first[mid] is item:
-                outcome: Outcome = SendResult(mid, seq, message.server_ts, False)
+            if mid in failed:
+                outcome: Outcome = failed[mid]
+            elif seq is not None and first[mid] is item:
+                outcome = SendResult(mid, seq, message.server_ts, False)
             else:
                 original = existing.get(mid) or _as_stored(first[mid], seq)
                 outcome = _duplicate_or_conflict(message, original)
@@ -241,6 +264,51 @@ class MessageWriter:
         ACKED.inc(acked)
         if duplicates:
             DUPLICATES.inc(duplicates)
+
+
+async def _insert_isolating(items: list[_Pending]) -> tuple[dict[str, int], dict[str, NexoError]]:
+    """Insert ``items`` (distinct ids); ``({message_id: seq}, {message_id: error})``.
+
+    A refused batch is bisected (halves in order, so seqs keep the queue's
+    order) until the refused rows stand alone; see the module docstring.
+    """
+    inserted: dict[str, int] = {}
+    failed: dict[str, NexoError] = {}
+    budget = MAX_ISOLATION_COMMITS
+
+    async def attempt(part: list[_Pending]) -> None:
+        nonlocal budget
+        try:
+            inserted.update(await repository.insert_batch([item.message for item in part]))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = exc
+        if len(part) > 1 and budget >= 2 and not db.unreachable(error):
+            budget -= 2
+            log.warning(
+                "message batch of %d refused (%s); committing its halves apart", len(part), _describe(error)
+            )
+            middle = len(part) // 2
+            await attempt(part[:middle])
+            await attempt(part[middle:])
+            return
+        log.error(
+            "%d message(s) could not be stored; nothing acked for them (first %s)",
+            len(part),
+            part[0].message.message_id,
+            exc_info=error,
+        )
+        unavailable = StorageUnavailable("the message could not be stored; retry with the same message_id")
+        failed.update((item.message.message_id, unavailable) for item in part)
+
+    await attempt(items)
+    return inserted, failed
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"
 
 
 def _as_stored(item: _Pending, seq: int | None) -> StoredMessage | None:
@@ -279,6 +347,8 @@ class RecipientCache:
 
     async def user_id(self, username: str) -> int | None:
         name = username.lower()
+        if not USERNAME_RE.fullmatch(name):
+            return None  # no account has it, and it may hold what a query cannot carry (U+0000)
         hit = self._ids.get(name)
         now = time.monotonic()
         if hit is not None and hit[1] > now:
@@ -301,8 +371,12 @@ class RecipientCache:
 
 
 def check_body(body: str, limit: int) -> None:
-    if len(body) * 4 > limit and len(body.encode()) > limit:
+    """Refuse a body before it is queued: too large (413) or not storable text (422 ``invalid_body``)."""
+    if len(body) * 4 > limit and len(body.encode(errors="surrogatepass")) > limit:
         raise BodyTooLarge(f"body is over the limit of {limit} bytes")
+    problem = body_problem(body)
+    if problem is not None:
+        raise InvalidBody(problem)
 
 
 def new_message(message_id: str, sender_id: int, recipient_id: int, body: str) -> NewMessage:

@@ -13,6 +13,9 @@ import re
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple
 
+from nexo.text import body_problem, echoable, has_lone_surrogate, may_hold_escapes
+from nexo.validation import INT64_MAX
+
 
 class ClientFrame(StrEnum):
     """``type`` of frames a client sends."""
@@ -57,6 +60,7 @@ class WsError(StrEnum):
     RATE_LIMITED = "rate_limited"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     UNAVAILABLE = "unavailable"
+    INVALID_BODY = "invalid_body"
 
 
 class FrameError(Exception):
@@ -112,19 +116,25 @@ def parse_frame(text: str | bytes, max_body_bytes: int) -> Frame:
     """Parse one client frame; raise :class:`FrameError` with a stable code if it is bad.
 
     ``message_id`` comes back in canonical UUID form; ``body`` longer than
-    ``max_body_bytes`` UTF-8 bytes is refused with ``body_too_large``.
+    ``max_body_bytes`` UTF-8 bytes is refused with ``body_too_large``, one with
+    U+0000 with ``invalid_body``. A lone surrogate escape anywhere is
+    ``invalid_json`` (RFC 7493 §2.1): nothing parsed here fails to encode later.
     """
     if not isinstance(text, str):
         raise FrameError(WsError.BINARY_NOT_SUPPORTED, "frames are JSON text, not binary")
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
         raise FrameError(WsError.INVALID_JSON, "the frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise FrameError(WsError.INVALID_FRAME, "a frame must be a JSON object")
     kind = data.get("type")
     raw_id = data.get("message_id")
-    echo_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= 64 else None
+    echo_id = echoable(raw_id)
+    escaped = may_hold_escapes(text)
+    if escaped and has_lone_surrogate(data):
+        message = "the frame holds a lone surrogate escape: strings must be valid Unicode"
+        raise FrameError(WsError.INVALID_JSON, message, echo_id)
     if kind == ClientFrame.SEND:
         message_id = _message_id(raw_id, echo_id)
         to = _string(data, "to", message_id)
@@ -138,13 +148,16 @@ def parse_frame(text: str | bytes, max_body_bytes: int) -> Frame:
         if len(data) > len(_SEND_FIELDS) or not _SEND_FIELDS.issuperset(data):
             extra = ", ".join(sorted(set(data) - _SEND_FIELDS))
             raise FrameError(WsError.INVALID_FIELD, f"unknown field(s): {extra}", message_id)
+        problem = body_problem(body) if escaped else None
+        if problem is not None:
+            raise FrameError(WsError.INVALID_BODY, problem, message_id)
         return Send(message_id, to, body)
     if kind == ClientFrame.DELIVERED:
         return Delivered(_message_id(raw_id, echo_id))
     if kind == ClientFrame.SYNC:
         since = data.get("since", 0)
-        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-            raise FrameError(WsError.INVALID_FIELD, "since: must be a whole number >= 0")
+        if isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= INT64_MAX:
+            raise FrameError(WsError.INVALID_FIELD, "since: must be a whole number from 0 to 2^63-1")
         return Sync(since)
     if kind == ClientFrame.AUTH:
         return Auth(_string(data, "token"))

@@ -13,6 +13,13 @@ ends, everything that queued meanwhile goes into the next transaction:
 4. commit, then answer every caller with its leaf index, the STH and an
    inclusion proof against it.
 
+A transaction the database refuses (a row only it objects to) is retried in
+halves, recursively, so one bad entry fails alone and the others of its batch
+are still sequenced (issue 14); at most :data:`MAX_ISOLATION_COMMITS` extra
+transactions per batch, and none when the database is unreachable. Only the
+transaction is retried: once it has committed, its leaves are never appended
+again.
+
 Each worker process runs one sequencer; the lock makes them take turns.
 """
 
@@ -29,6 +36,8 @@ from prometheus_client import Counter, Histogram
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
+from nexo import db
+from nexo.errors import ServiceUnavailable
 from nexo.transparency import merkle, repository
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.sth import SignedTreeHead
@@ -49,6 +58,15 @@ SEQUENCE_LATENCY = Histogram(
 )
 
 MAX_BATCH = 1000
+#: Extra transactions one refused batch may spend isolating its bad entries.
+MAX_ISOLATION_COMMITS = 64
+
+
+class SequencingFailed(ServiceUnavailable):
+    """The entry's transaction failed (503); the client may retry. The cause is logged."""
+
+    def __init__(self) -> None:
+        super().__init__("the log entry could not be sequenced; retry")
 
 
 class Rejected(Exception):
@@ -135,21 +153,58 @@ class Sequencer:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
                 try:
-                    await self._commit(batch)
+                    await self._commit_isolating(batch)
                 except asyncio.CancelledError:
                     for pending in batch:
                         if not pending.future.done():
                             pending.future.cancel()
                     raise
-                except Exception as exc:
+                except Exception:
                     log.exception("sequencer: a batch of %d entries failed", len(batch))
                     for pending in batch:
                         if not pending.future.done():
-                            pending.future.set_exception(exc)
+                            pending.future.set_exception(SequencingFailed())
             if self._stopping:
                 return
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit_isolating(self, batch: list[_Pending]) -> None:
+        """Sequence ``batch``; if its transaction fails, its halves apart (module docstring)."""
+        budget = MAX_ISOLATION_COMMITS
+
+        async def attempt(part: list[_Pending]) -> None:
+            nonlocal budget
+            try:
+                written = await self._write(part)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                live = [pending for pending in part if not pending.future.done()]
+                if len(live) > 1 and budget >= 2 and not db.unreachable(exc):
+                    budget -= 2
+                    log.warning(
+                        "sequencer: a batch of %d entries was refused (%s: %s); sequencing its halves apart",
+                        len(live),
+                        type(exc).__name__,
+                        str(exc)[:200],
+                    )
+                    middle = len(live) // 2
+                    await attempt(live[:middle])
+                    await attempt(live[middle:])
+                    return
+                log.error("sequencer: %d entries could not be sequenced", len(live), exc_info=exc)
+                for pending in live:
+                    pending.future.set_exception(SequencingFailed())
+                return
+            if written is not None:
+                await self._answer(*written)
+
+        await attempt(batch)
+
+    async def _write(
+        self, batch: list[_Pending]
+    ) -> tuple[list[_Pending], int, SignedTreeHead, list[bytes], dict[merkle.NodeId, bytes]] | None:
+        """The transaction: ``(accepted, old size, new STH, leaf hashes, known nodes)``, or ``None``
+        when every entry was refused."""
         async with in_transaction() as conn:
             await repository.lock_sequencer(conn)
             previous = await repository.latest_sth(conn)
@@ -157,7 +212,7 @@ class Sequencer:
                 raise RuntimeError("the log has no STH 0: run `nexo db push` or start the server once")
             accepted = await self._claim(conn, batch)
             if not accepted:
-                return
+                return None
             size = previous.tree_size
             leaves = [pending.leaf for pending in accepted]
             hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
@@ -178,6 +233,18 @@ class Sequencer:
             signed = sth_mod.sign(head, self.key)
             await repository.add_sth(conn, signed)
             await repository.bump_sth_counters(conn, signed)
+        return accepted, size, signed, hashes, known
+
+    async def _answer(
+        self,
+        accepted: list[_Pending],
+        size: int,
+        signed: SignedTreeHead,
+        hashes: list[bytes],
+        known: dict[merkle.NodeId, bytes],
+    ) -> None:
+        """After the commit: each caller gets its leaf, the STH and an inclusion proof."""
+        new_size = signed.tree_size
         self._remember_frontier(signed, known)
         STHS_SIGNED.inc()
         LEAVES_APPENDED.inc(len(accepted))

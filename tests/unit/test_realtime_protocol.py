@@ -88,3 +88,44 @@ def test_broker_payloads_round_trip_and_skip_our_own() -> None:
     assert sorted(got) == sorted(ids)
     assert decode(payloads[0], "me") == []
     assert decode("x|1,a", "me") == [] and decode("garbage", "me") == []
+
+
+
+def _send(fields: str) -> str:
+    """A ``send`` frame with raw JSON ``fields`` after its message_id (to spell escapes)."""
+    return '{"type":"send","message_id":"' + MID + '",' + fields + "}"
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        (_send('"to":"bob","body":"\\ud800"'), WsError.INVALID_JSON),
+        (_send('"to":"bob","body":"\\udc00\\ud800"'), WsError.INVALID_JSON),
+        (_send('"to":"\\ud800","body":"x"'), WsError.INVALID_JSON),
+        (_send('"\\udfff":1,"to":"b","body":"x"'), WsError.INVALID_JSON),
+        (_send('"to":"bob","body":"a\\u0000"'), WsError.INVALID_BODY),
+        ('{"type":"sync","since":9223372036854775808}', WsError.INVALID_FIELD),
+        ('{"type":"sync","since":99999999999999999999}', WsError.INVALID_FIELD),
+        ("[" * 100_000, WsError.INVALID_JSON),
+    ],
+    ids=["surrogate-body", "reversed-pair", "surrogate-to", "surrogate-key", "nul-body", "since-2^63",
+         "since-huge", "deep-nesting"],
+)
+def test_text_no_database_or_socket_can_carry_is_refused_at_parse(text: str, code: WsError) -> None:
+    with pytest.raises(FrameError) as caught:
+        parse_frame(text, LIMIT)
+    assert caught.value.code == code
+    # Whatever is echoed back encodes as UTF-8: the error frame itself can be sent.
+    error_frame(caught.value.code, caught.value.message, caught.value.message_id).encode()
+
+
+def test_valid_text_with_escapes_still_parses() -> None:
+    frame = parse_frame(_send('"to":"bob","body":"\\ud83d\\ude00 \\u00e9"'), LIMIT)
+    assert frame == Send(MID, "bob", "\U0001f600 \u00e9")
+    assert parse_frame('{"type":"sync","since":9223372036854775807}', LIMIT) == Sync(2**63 - 1)
+
+
+def test_an_unprintable_message_id_is_not_echoed() -> None:
+    with pytest.raises(FrameError) as caught:
+        parse_frame('{"type":"send","message_id":"a\\nb","to":"bob","body":"x"}', LIMIT)
+    assert caught.value.code == WsError.INVALID_MESSAGE_ID and caught.value.message_id is None
