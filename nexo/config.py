@@ -76,6 +76,7 @@ class Settings:
     message_body_max_bytes: int = 64 * 1024
     ws_max_frame_bytes: int = 128 * 1024
     ws_auth_timeout: float = 5.0
+    ws_push_sweep_seconds: float = 2.0
     workers: int = 1
     metrics_token: str | None = None
     cors_origins: tuple[str, ...] = ()
@@ -169,6 +170,7 @@ class Settings:
             message_body_max_bytes=_int(env, "NEXO_MESSAGE_MAX_BYTES", 64 * 1024, minimum=1),
             ws_max_frame_bytes=_int(env, "NEXO_WS_MAX_FRAME_BYTES", 128 * 1024, minimum=1024),
             workers=workers,
+            ws_push_sweep_seconds=_seconds(env, "NEXO_WS_PUSH_SWEEP_SECONDS", 2.0, minimum=0.1, maximum=60.0),
             metrics_token=env.get("NEXO_METRICS_TOKEN") or None,
             cors_origins=tuple(o.strip() for o in env.get("NEXO_CORS_ORIGINS", "").split(",") if o.strip()),
             argon2_memory_kib=_int(env, "NEXO_ARGON2_MEMORY_KIB", 19456, minimum=8192),
@@ -265,4 +267,17 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maxim
     if value < minimum or (maximum is not None and value > maximum):
         upper = f" and at most {maximum}" if maximum is not None else ""
         raise ConfigError(f"{name}={value} must be at least {minimum}{upper}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not minimum <= value <= maximum:  # also refuses nan
+        raise ConfigError(f"{name}={value:g} must be between {minimum:g} and {maximum:g} seconds")
     return value

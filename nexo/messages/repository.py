@@ -217,3 +217,32 @@ async def duplicate_message_ids() -> list[tuple[str, int]]:
         "SELECT message_id, COUNT(*) AS n FROM messages GROUP BY message_id HAVING COUNT(*) > 1"
     )
     return [(row["message_id"], int(row["n"])) for row in rows]
+
+
+async def received_after(cursors: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """Per user id: how many messages it received with seq above its cursor, and the newest
+    such seq. One query for all of them (an index probe per user); users with none are left out."""
+    if not cursors:
+        return {}
+    conn = db.connection()
+    if db.dialect() == "postgres":
+        rows = await conn.execute_query_dict(
+            "SELECT u.uid, s.n, s.top FROM unnest($1::bigint[], $2::bigint[]) AS u(uid, cur) "
+            "CROSS JOIN LATERAL (SELECT COUNT(*) AS n, MAX(m.id) AS top FROM messages m "
+            "WHERE m.recipient_id = u.uid AND m.id > u.cur) s WHERE s.n > 0",
+            [list(cursors), list(cursors.values())],
+        )
+    else:
+        found: list[Any] = []
+        items = list(cursors.items())
+        for start in range(0, len(items), 400):  # 2 parameters a user, under SQLite's 999
+            chunk = items[start : start + 400]
+            values = ",".join(["(?, ?)"] * len(chunk))
+            found += await conn.execute_query_dict(
+                f"WITH u(uid, cur) AS (VALUES {values}) SELECT u.uid AS uid, COUNT(*) AS n, "
+                "MAX(m.id) AS top FROM u JOIN messages m ON m.recipient_id = u.uid AND m.id > u.cur "
+                "GROUP BY u.uid",
+                [value for pair in chunk for value in pair],
+            )
+        rows = found
+    return {int(row["uid"]): (int(row["n"]), int(row["top"])) for row in rows}

@@ -5,7 +5,8 @@ process goes into one queue. A single writer task takes *everything* waiting,
 commits it with one multi-row INSERT, then answers each sender — so the
 next batch starts the moment the previous commit ends (no timer), and a
 lone message takes the plain one-row path at once. An answer (``ack``) is
-given only after the commit returns.
+given only after the commit returns and the commit listener's push signal
+to other processes is published (so no ack outruns the signal).
 
 Failure isolation (issue 14): a batch the database refuses is split in
 halves and each half committed on its own, recursively, so a row only the
@@ -31,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter, Histogram
 
@@ -131,7 +132,10 @@ class Delivery(NamedTuple):
 
 Outcome = SendResult | NexoError
 Callback = Callable[[Outcome], None]
-CommitListener = Callable[[list[Delivery]], None]
+#: Done when a batch's push signal is published; its acks wait for it.
+Gate = asyncio.Future[Any]
+#: Called after each commit with the new rows and the recipients of resent (duplicate) ones.
+CommitListener = Callable[[list[Delivery], set[int]], Gate | None]
 
 
 class _Pending:
@@ -161,6 +165,8 @@ class MessageWriter:
         self._closing = False
         #: Called with every batch of newly stored messages, after commit and before the acks.
         self.listeners: list[CommitListener] = []
+        #: The newest batch's gate while its acks wait for it (later batches queue behind it).
+        self._gate: Gate | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="nexo-message-writer")
@@ -188,6 +194,10 @@ class MessageWriter:
     async def drain(self) -> None:
         """Wait until every queued message is committed and answered."""
         await self._idle.wait()
+        gate = self._gate
+        if gate is not None and not gate.done():
+            await asyncio.wait([gate])
+            await asyncio.sleep(0)  # the answers run as the gate's callbacks
 
     async def close(self) -> None:
         await self.drain()
@@ -236,14 +246,8 @@ class MessageWriter:
             for mid, item in first.items()
             if mid in inserted
         ]
-        if deliveries:
-            STORED.inc(len(deliveries))
-            for listener in self.listeners:
-                try:
-                    listener(deliveries)
-                except Exception:  # a push failure must never lose the acks
-                    log.exception("message commit listener failed")
-        acked = duplicates = 0
+        outcomes: list[tuple[_Pending, Outcome]] = []
+        resent: set[int] = set()
         for item in batch:
             message = item.message
             mid = message.message_id
@@ -255,6 +259,38 @@ class MessageWriter:
             else:
                 original = existing.get(mid) or _as_stored(first[mid], seq)
                 outcome = _duplicate_or_conflict(message, original)
+                if isinstance(outcome, SendResult) and mid not in inserted:
+                    # Stored earlier, perhaps by a process that died before its push signal.
+                    resent.add(message.recipient_id)
+            outcomes.append((item, outcome))
+        if deliveries:
+            STORED.inc(len(deliveries))
+        gate = self._notify(deliveries, resent) if deliveries or resent else None
+        if gate is None and self._gate is not None and not self._gate.done():
+            gate = self._gate  # keep the acks in batch order
+        if gate is None:
+            self._answer_all(outcomes)
+        else:
+            self._gate = gate
+            gate.add_done_callback(lambda _gate: self._answer_all(outcomes))
+
+    def _notify(self, deliveries: list[Delivery], resent: set[int]) -> Gate | None:
+        gates = []
+        for listener in self.listeners:
+            try:
+                gate = listener(deliveries, resent)
+            except Exception:  # a push failure must never lose the acks
+                log.exception("message commit listener failed")
+                continue
+            if gate is not None and not gate.done():
+                gates.append(gate)
+        if len(gates) > 1:
+            return asyncio.gather(*gates, return_exceptions=True)
+        return gates[0] if gates else None
+
+    def _answer_all(self, outcomes: list[tuple[_Pending, Outcome]]) -> None:
+        acked = duplicates = 0
+        for item, outcome in outcomes:
             if isinstance(outcome, SendResult):
                 acked += 1
                 duplicates += outcome.duplicate

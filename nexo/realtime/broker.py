@@ -1,8 +1,9 @@
 """Cross-process signal "new messages for user X" (issue 4 requirement 9).
 
 The signal carries user ids only; the database is the truth and a missed
-signal is repaired by the client's ``sync`` (and, here, by a full re-check
-after a reconnect). Three kinds:
+signal is repaired by the hub's periodic sweep (``hub.py``), by a full
+re-check after a reconnect, and by the client's ``sync``. A publication is
+awaited before the batch it signals is acked. Three kinds:
 
 * :class:`LocalBroker` — SQLite (one worker): nothing to tell anyone.
 * :class:`RedisBroker` — ``REDIS_URL`` set: Redis pub/sub on
@@ -33,6 +34,8 @@ PG_CHANNEL = "nexo_messages"
 #: NOTIFY payloads must stay under 8000 bytes.
 MAX_PAYLOAD = 7000
 RECONNECT_SECONDS = 1.0
+#: Longest wait for one publication; acks wait for it (then the sweep covers the signal).
+PUBLISH_TIMEOUT_SECONDS = 1.0
 
 SIGNALS_SENT = Counter("nexo_broker_signals_sent_total", "Signals published to other processes")
 SIGNALS_RECEIVED = Counter("nexo_broker_signals_received_total", "Signals received from other processes")
@@ -82,7 +85,8 @@ class LocalBroker:
     async def start(self, on_signal: Handler, on_reconnect: Callable[[], None]) -> None:
         return None
 
-    def publish(self, user_ids: set[int]) -> None:
+    def publish(self, user_ids: set[int]) -> asyncio.Future[None] | None:
+        """Signal other processes; a future done once the signal left (None: nothing to wait for)."""
         return None
 
     async def close(self) -> None:
@@ -94,7 +98,9 @@ class _RemoteBroker(LocalBroker):
 
     def __init__(self) -> None:
         super().__init__()
-        self._outgoing: asyncio.Queue[str] = asyncio.Queue()
+        self._outgoing: asyncio.Queue[tuple[str, asyncio.Future[None] | None]] = asyncio.Queue()
+        #: False after a failed publication until one succeeds: acks stop waiting meanwhile.
+        self._healthy = True
         self._tasks: list[asyncio.Task[None]] = []
         self._on_signal: Handler = lambda ids: None
         self._on_reconnect: Callable[[], None] = lambda: None
@@ -109,9 +115,17 @@ class _RemoteBroker(LocalBroker):
             loop.create_task(self._subscriber(), name=f"nexo-broker-{self.kind}-sub"),
         ]
 
-    def publish(self, user_ids: set[int]) -> None:
-        for payload in encode(self.origin, user_ids):
-            self._outgoing.put_nowait(payload)
+    def publish(self, user_ids: set[int]) -> asyncio.Future[None] | None:
+        payloads = encode(self.origin, user_ids)
+        if not payloads:
+            return None
+        done: asyncio.Future[None] | None = None
+        if self._healthy and self._tasks:
+            done = asyncio.get_running_loop().create_future()
+        for payload in payloads[:-1]:
+            self._outgoing.put_nowait((payload, None))
+        self._outgoing.put_nowait((payloads[-1], done))  # published in order: the last one is done last
+        return done
 
     def _received(self, payload: str | bytes) -> None:
         ids = decode(payload, self.origin)
@@ -120,17 +134,27 @@ class _RemoteBroker(LocalBroker):
             self._on_signal(ids)
 
     async def _publisher(self) -> None:
+        """Publish everything queued, in order, in one round trip per turn; then release the acks."""
         while True:
-            payload = await self._outgoing.get()
+            queued = [await self._outgoing.get()]
+            while not self._outgoing.empty():
+                queued.append(self._outgoing.get_nowait())
             try:
-                await self._send(payload)
-                SIGNALS_SENT.inc()
+                payloads = [payload for payload, _ in queued]
+                await asyncio.wait_for(self._send(payloads), PUBLISH_TIMEOUT_SECONDS)
+                SIGNALS_SENT.inc(len(queued))
+                self._healthy = True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # Lost signal: recipients elsewhere get these messages on their next sync.
+                # Lost signals: the hub's sweep on the other processes pushes these messages.
                 BROKER_ERRORS.inc()
+                self._healthy = False
                 log.error("broker (%s): publishing a signal failed: %r", self.kind, exc)
+            finally:
+                for _, done in queued:
+                    if done is not None and not done.done():
+                        done.set_result(None)
 
     async def _subscriber(self) -> None:
         while True:
@@ -152,6 +176,10 @@ class _RemoteBroker(LocalBroker):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        while not self._outgoing.empty():  # never leave an ack waiting on a publisher that is gone
+            _, done = self._outgoing.get_nowait()
+            if done is not None and not done.done():
+                done.set_result(None)
         with contextlib.suppress(Exception):
             await self._disconnect()
 
@@ -165,7 +193,7 @@ class _RemoteBroker(LocalBroker):
     async def _disconnect(self) -> None:
         raise NotImplementedError
 
-    async def _send(self, payload: str) -> None:
+    async def _send(self, payloads: list[str]) -> None:
         raise NotImplementedError
 
     async def _listen(self) -> None:
@@ -197,8 +225,14 @@ class RedisBroker(_RemoteBroker):
             with contextlib.suppress(Exception):
                 await self._client.aclose()
 
-    async def _send(self, payload: str) -> None:
-        await self._client.publish(self.channel, payload)
+    async def _send(self, payloads: list[str]) -> None:
+        if len(payloads) == 1:
+            await self._client.publish(self.channel, payloads[0])
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for payload in payloads:
+                pipe.publish(self.channel, payload)
+            await pipe.execute()
 
     async def _listen(self) -> None:
         async for message in self._pubsub.listen():
@@ -231,8 +265,11 @@ class PostgresBroker(_RemoteBroker):
             with contextlib.suppress(Exception):
                 await self._conn.close(timeout=1.0)
 
-    async def _send(self, payload: str) -> None:
-        await self._conn.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, payload)
+    async def _send(self, payloads: list[str]) -> None:
+        if len(payloads) == 1:
+            await self._conn.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, payloads[0])
+            return
+        await self._conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", PG_CHANNEL, payloads)
 
     async def _listen(self) -> None:
         await self._lost.wait()

@@ -31,7 +31,7 @@ from websockets.protocol import State
 
 from nexo.messages import repository
 from nexo.messages.repository import StoredMessage
-from nexo.messages.service import Delivery
+from nexo.messages.service import CommitListener, Delivery, Gate
 from nexo.realtime.protocol import CloseCode, ServerFrame, dumps, text_frame
 from nexo.tasks import cancel_and_wait
 
@@ -42,6 +42,10 @@ OPEN_CONNECTIONS = Gauge(
 )
 PUSHED = Counter("nexo_ws_messages_pushed_total", "message frames pushed to recipients")
 CLOSES = Counter("nexo_ws_closes_total", "WebSocket closes by Nexo, by close code", ["code"])
+SWEEPS = Counter("nexo_ws_push_sweeps_total", "Sweep queries looking for messages whose push signal was lost")
+SWEEP_CATCH_UPS = Counter(
+    "nexo_ws_push_sweep_catch_ups_total", "Users a sweep found with stored messages not pushed (lost signals)"
+)
 UNAUTHORIZED_CLOSES = Counter("nexo_ws_unauthorized_closes_total", "Connections closed with 4401")
 
 #: Frames waiting in one connection's outbox before it is dropped as too slow.
@@ -52,6 +56,10 @@ CLOSE_HANDSHAKE_SECONDS = 2.0
 RECENT_PUSHES = 4096
 #: Rows read per query when a signal says a user has new messages.
 SIGNAL_PAGE = 500
+#: Connected users per sweep query.
+SWEEP_BATCH = 5000
+#: Direct pushes tracked above a user's cursor before a read moves the cursor past them.
+MAX_UNSWEPT = 8192
 
 
 class Connection:
@@ -275,44 +283,88 @@ class _Flusher:
 _FLUSHER = _Flusher()
 
 
-class Hub:
-    """Connections of this process by user id."""
+class _Feed:
+    """One user's connections in this process, and how far their pushes are known complete."""
 
-    def __init__(self) -> None:
-        self._by_user: dict[int, set[Connection]] = {}
-        self._cursor: dict[int, int] = {}
+    __slots__ = ("conns", "cursor", "deferred", "pulling", "pushed", "user_id")
+
+    def __init__(self, user_id: int, cursor: int) -> None:
+        self.user_id = user_id
+        self.conns: set[Connection] = set()
+        #: Every message for this user with seq <= cursor has been pushed here (or is older
+        #: than its connections). Seqs are handed out in commit order, so once a read sees
+        #: seq s, every lower seq is committed and visible too.
+        self.cursor = cursor
+        #: Seqs above the cursor this process pushed straight from its writer.
+        self.pushed: set[int] = set()
+        #: A read of this user's rows is due or running: direct pushes wait for it (the read
+        #: pushes them in seq order, after anything older that was missed).
+        self.pulling = False
+        #: A direct push was held back while pulling: read again before stopping.
+        self.deferred = False
+
+    def advance(self, seq: int) -> None:
+        if seq > self.cursor:
+            self.cursor = seq
+            if self.pushed:
+                self.pushed = {s for s in self.pushed if s > seq}
+
+
+class Hub:
+    """Connections of this process by user id.
+
+    With ``sweep_seconds`` (several processes share the database): every pushed
+    seq is tracked per user, a duplicate resend or a signal reads the user's rows
+    after its cursor, and a sweep every ``sweep_seconds`` counts, in one query per
+    :data:`SWEEP_BATCH` connected users, the rows each received after its cursor;
+    a user with a row this process never pushed gets a catch-up read. A message
+    whose signal was lost (its instance died between commit and signal, the
+    broker dropped it) is thus pushed within one period plus one read.
+    """
+
+    def __init__(self, sweep_seconds: float | None = None) -> None:
+        self._feeds: dict[int, _Feed] = {}
         self._signalled: set[int] = set()
         self._signal_task: asyncio.Task[None] | None = None
-        self._signal_wake = asyncio.Event()
+        self._sweep_task: asyncio.Task[None] | None = None
+        self.sweep_seconds = sweep_seconds
         self.closing = False
 
     @property
+    def tracking(self) -> bool:
+        """True when messages may be stored by another process (pushes are tracked and swept)."""
+        return self.sweep_seconds is not None
+
+    @property
     def count(self) -> int:
-        return sum(len(conns) for conns in self._by_user.values())
+        return sum(len(feed.conns) for feed in self._feeds.values())
 
     def connections(self) -> list[Connection]:
-        return [conn for conns in self._by_user.values() for conn in conns]
+        return [conn for feed in self._feeds.values() for conn in feed.conns]
+
+    def start(self) -> None:
+        if self.sweep_seconds is not None:
+            self._sweep_task = asyncio.get_running_loop().create_task(self._sweeper(), name="nexo-ws-sweep")
 
     async def add(self, conn: Connection, since: int) -> None:
         """Register ``conn`` for pushes and push what its user received after ``since``
         (the newest seq before its handshake; earlier messages come by ``sync``)."""
-        if conn.user_id not in self._by_user:
-            # Signals for this user read rows after this seq.
-            self._by_user[conn.user_id] = set()
-            self._cursor[conn.user_id] = since
-        self._by_user[conn.user_id].add(conn)
+        feed = self._feeds.get(conn.user_id)
+        if feed is None:
+            # Signals and sweeps for this user read rows after this seq.
+            feed = self._feeds[conn.user_id] = _Feed(conn.user_id, since)
+        feed.conns.add(conn)
         OPEN_CONNECTIONS.inc()
         await self._catch_up(conn, since)
 
     def remove(self, conn: Connection) -> None:
-        conns = self._by_user.get(conn.user_id)
-        if conns is None or conn not in conns:
+        feed = self._feeds.get(conn.user_id)
+        if feed is None or conn not in feed.conns:
             return
-        conns.discard(conn)
+        feed.conns.discard(conn)
         OPEN_CONNECTIONS.dec()
-        if not conns:
-            del self._by_user[conn.user_id]
-            self._cursor.pop(conn.user_id, None)
+        if not feed.conns:
+            del self._feeds[conn.user_id]
 
     async def _catch_up(self, conn: Connection, since: int) -> None:
         """Push to ``conn`` what its user received after ``since`` (seqs it already got are skipped)."""
@@ -326,70 +378,130 @@ class Hub:
 
     def deliver(self, deliveries: Iterable[Delivery]) -> None:
         """Push messages this process just committed to their connected recipients."""
-        by_user = self._by_user
+        feeds = self._feeds
+        tracking = self.tracking
         for delivery in deliveries:
-            conns = by_user.get(delivery.recipient_id)
-            if conns:
-                for conn in conns:
-                    conn.push(delivery)
+            feed = feeds.get(delivery.recipient_id)
+            if feed is None:
+                continue
+            if feed.pulling:
+                feed.deferred = True  # the running read pushes it, in order
+                continue
+            for conn in feed.conns:
+                conn.push(delivery)
+            if tracking and delivery.seq > feed.cursor:
+                feed.pushed.add(delivery.seq)
+                if len(feed.pushed) > MAX_UNSWEPT:
+                    self.signal((feed.user_id,))  # one read moves the cursor past them
 
     def wants(self, user_id: int) -> bool:
-        return user_id in self._by_user
+        return user_id in self._feeds
+
+    def resent(self, user_ids: Iterable[int]) -> None:
+        """Messages for these users were sent again and found stored: whoever stored them
+        may have died before signalling, so read their rows now."""
+        if self.tracking:
+            self.signal(user_ids)
 
     def signal(self, user_ids: Iterable[int]) -> None:
         """Another process stored messages for these users: read and push them soon."""
         added = False
         for user_id in user_ids:
-            if user_id in self._by_user:
+            feed = self._feeds.get(user_id)
+            if feed is not None:
+                feed.pulling = True
                 self._signalled.add(user_id)
                 added = True
-        if added:
-            if self._signal_task is None or self._signal_task.done():
-                self._signal_task = asyncio.get_running_loop().create_task(
-                    self._drain_signals(), name="nexo-ws-signals"
-                )
+        if added and (self._signal_task is None or self._signal_task.done()):
+            self._signal_task = asyncio.get_running_loop().create_task(
+                self._drain_signals(), name="nexo-ws-signals"
+            )
 
     def signal_everyone(self) -> None:
         """After a broker reconnect: a signal may have been missed, so look for every user."""
-        self.signal(list(self._by_user))
+        self.signal(list(self._feeds))
 
     async def _drain_signals(self) -> None:
         while self._signalled:
             users, self._signalled = self._signalled, set()
             for user_id in users:
+                feed = self._feeds.get(user_id)
+                if feed is None:
+                    continue
                 try:
-                    await self._pull(user_id)
+                    await self._pull(feed)
                 except Exception:
                     log.exception("reading new messages for user %s after a signal failed", user_id)
+                finally:
+                    if user_id not in self._signalled:
+                        feed.pulling = False
 
-    async def _pull(self, user_id: int) -> None:
+    async def _pull(self, feed: _Feed) -> None:
+        """Push every row of the user after its cursor that this process did not push yet."""
         while True:
-            cursor = self._cursor.get(user_id)
-            if cursor is None:
-                return
-            rows = await repository.list_received(user_id, cursor, SIGNAL_PAGE)
-            conns = self._by_user.get(user_id)
-            if not rows or not conns:
-                return
-            self._cursor[user_id] = max(self._cursor.get(user_id, 0), rows[-1].seq)
+            feed.deferred = False
+            rows = await repository.list_received(feed.user_id, feed.cursor, SIGNAL_PAGE)
+            if self._feeds.get(feed.user_id) is not feed:
+                return  # every connection closed meanwhile
             for row in rows:
-                for conn in conns:
-                    conn.push(row)
-            if len(rows) < SIGNAL_PAGE:
+                if row.seq not in feed.pushed:
+                    for conn in feed.conns:
+                        conn.push(row)
+            if rows:
+                feed.advance(rows[-1].seq)
+            if len(rows) < SIGNAL_PAGE and not feed.deferred:
                 return
+
+    async def _sweeper(self) -> None:
+        assert self.sweep_seconds is not None
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            try:
+                await self.sweep()
+            except Exception as exc:  # the next period tries again
+                log.error("push sweep failed: %r", exc)
+
+    async def sweep(self) -> None:
+        """Catch up every connected user with a stored message this process has not pushed."""
+        feeds = [feed for feed in self._feeds.values() if not feed.pulling]
+        for start in range(0, len(feeds), SWEEP_BATCH):
+            chunk = {feed.user_id: feed.cursor for feed in feeds[start : start + SWEEP_BATCH]}
+            counts = await repository.received_after(chunk)
+            SWEEPS.inc()
+            lagging = []
+            for user_id, (count, newest) in counts.items():
+                feed = self._feeds.get(user_id)
+                if feed is None or feed.pulling or feed.cursor != chunk[user_id]:
+                    continue  # gone, or read meanwhile
+                if sum(1 for seq in feed.pushed if seq <= newest) == count:
+                    feed.advance(newest)  # all of them pushed already
+                else:
+                    lagging.append(user_id)
+            if lagging:
+                SWEEP_CATCH_UPS.inc(len(lagging))
+                log.info("push sweep: %d users had stored messages not pushed here", len(lagging))
+                self.signal(lagging)
 
     async def close_all(self, code: int, reason: str) -> None:
         await asyncio.gather(*(conn.close(code, reason) for conn in self.connections()))
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._sweep_task)
         await cancel_and_wait(self._signal_task)
 
 
-def on_commit(hub: Hub, publish: Callable[[set[int]], None]) -> Callable[[list[Delivery]], None]:
-    """The writer's commit listener: push locally, then signal other processes."""
+def on_commit(hub: Hub, publish: Callable[[set[int]], Gate | None]) -> CommitListener:
+    """The writer's commit listener: push locally, then signal other processes.
 
-    def listener(deliveries: list[Delivery]) -> None:
+    Returns the signal's publication: the writer acks the batch only once it is
+    done, so an ack never reaches a sender before the signal that lets other
+    processes push the message.
+    """
+
+    def listener(deliveries: list[Delivery], resent: set[int]) -> Gate | None:
+        if resent:
+            hub.resent(resent)  # first: this batch's pushes to them wait for the read
         hub.deliver(deliveries)
-        publish({d.recipient_id for d in deliveries})
+        return publish({d.recipient_id for d in deliveries} | resent)
 
     return listener

@@ -75,8 +75,10 @@ def setup(app: Sanic) -> None:
     @app.before_server_start
     async def start_realtime(app: Sanic) -> None:
         settings: Settings = app.ctx.settings
-        hub = Hub()
         broker = make_broker(settings)
+        # Another process may store messages for our users only when a broker links us.
+        hub = Hub(settings.ws_push_sweep_seconds if broker.kind != "local" else None)
+        hub.start()
         writer: MessageWriter = app.ctx.message_writer
         writer.listeners.append(on_commit(hub, broker.publish))
         app.ctx.hub = hub
