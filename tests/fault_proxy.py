@@ -14,7 +14,11 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
+import secrets
+import struct
+import time
 from typing import Any
 
 import httpx
@@ -33,6 +37,13 @@ FAULTS = {
     "no_429": "turn 429 into 200 (no rate limit)",
     "sth_bad_signature": "corrupt the signature of every STH after the first",
     "sth_index_skip": "make STH indexes after the first skip one",
+    # Attacks on the client SDK (tests/client): see the client_* functions below.
+    "client_fork_sth": "serve a forked tree head: another root, validly re-signed with --signing-key",
+    "client_swap_key": "swap every public key in GET /api/users/*/devices for a random one",
+    "client_strip_proof": "strip the audit path from inclusion proofs (and registration answers)",
+    "client_cosign": "add a valid cosignature by --witness-key to the checkpoint",
+    "client_bad_cosignature": "add a cosignature by --witness-key that does not verify",
+    "client_drop_acks": "drop every other ack and reset the WebSocket every few frames",
 }
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
 
@@ -54,11 +65,102 @@ def _mutate_sths(data: Any, fault: str) -> Any:
     return data
 
 
-def create_proxy(upstream: str, fault: str) -> Sanic:
+# -- attacks on the client SDK (tests/client) ----------------------------------------------------
+
+
+def _load_private_key(path: str | None) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    if not path:
+        raise SystemExit("this fault needs its key file")
+    with open(path, "rb") as handle:
+        return serialization.load_pem_private_key(handle.read(), password=None)
+
+
+def client_fork_sth(doc: Any, signing_key: Any) -> Any:
+    """Every non-empty STH gets another root, and a valid signature with the log's own key."""
+    if isinstance(doc, list):
+        return [client_fork_sth(item, signing_key) for item in doc]
+    if not isinstance(doc, dict):
+        return doc
+    doc = {key: client_fork_sth(value, signing_key) for key, value in doc.items()}
+    if {"index", "signature", "sth_hash", "root_hash"} <= set(doc) and int(doc["tree_size"]) >= 1:
+        root = hashlib.sha256(b"fork" + base64.b64decode(doc["root_hash"])).digest()
+        doc["root_hash"] = base64.b64encode(root).decode()
+        lines = [doc["origin"], str(doc["tree_size"]), doc["root_hash"], str(doc["index"]),
+                 str(doc["timestamp_ms"]), doc["prev_sth_hash"]]
+        signed = "".join(line + "\n" for line in lines).encode()
+        signature = signing_key.sign(signed)
+        doc["signature"] = base64.b64encode(signature).decode()
+        doc["sth_hash"] = base64.b64encode(hashlib.sha256(signed + signature).digest()).decode()
+    return doc
+
+
+def client_json_fault(path: str, doc: Any, fault: str, signing_key: Any) -> Any:
+    """The JSON attacks on the client: a forked STH, a swapped key, a stripped proof."""
+    if fault == "client_fork_sth":
+        return client_fork_sth(doc, signing_key)
+    if fault == "client_swap_key" and path.startswith("api/users/") and isinstance(doc, dict):
+        for device in doc.get("devices", []):
+            device["public_key"] = base64.b64encode(secrets.token_bytes(32)).decode()
+    if fault == "client_strip_proof" and isinstance(doc, dict):
+        if path == "api/log/proof/inclusion":
+            doc["audit_path"] = []
+        if "inclusion_proof" in doc:
+            doc["inclusion_proof"] = []
+    return doc
+
+
+def client_cosign(note: str, witness_key: Any, name: str, valid: bool) -> str:
+    """Append a C2SP tlog-cosignature v1 line by ``witness_key`` named ``name`` (or a broken one)."""
+    from cryptography.hazmat.primitives import serialization
+
+    body = note.partition("\n\n")[0] + "\n"
+    public = witness_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    key_id = hashlib.sha256(name.encode() + b"\n\x04" + public).digest()[:4]
+    timestamp = int(time.time())
+    signature = bytearray(witness_key.sign(b"cosignature/v1\ntime %d\n" % timestamp + body.encode()))
+    if not valid:
+        signature[0] ^= 0xFF
+    blob = key_id + struct.pack(">Q", timestamp) + bytes(signature)
+    return note.rstrip("\n") + "\n\u2014 " + name + " " + base64.b64encode(blob).decode() + "\n"
+
+
+class ClientAckDropper:
+    """``client_drop_acks``: drop acks 1, 3, 5, ... and reset the socket after every 7th frame."""
+
+    def __init__(self) -> None:
+        self.acks = 0
+        self.frames = 0
+
+    def on_frame(self, message: str) -> tuple[str | None, bool]:
+        """(the frame to forward or None, whether to reset the connection after it)."""
+        self.frames += 1
+        if '"ack"' in message:
+            self.acks += 1
+            if self.acks % 2:
+                return None, False
+        return message, self.frames % 7 == 0
+
+
+def _reset(client: Any) -> None:
+    """Abort the client's TCP connection without a close frame (a network reset)."""
+    transport = getattr(getattr(client, "io_proto", None), "transport", None)
+    if transport is not None:
+        transport.abort()
+
+
+WITNESS_NAME = "witness.test/w1"
+
+
+def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
+                 witness_key_file: str | None = None) -> Sanic:
     app = Sanic("fault_proxy")
     app.config.ACCESS_LOG = False
     app.config.WEBSOCKET_PING_INTERVAL = None
     ws_upstream = "ws" + upstream[upstream.index(":") :].rstrip("/") + "/ws"
+    signing_key = _load_private_key(signing_key_file) if fault == "client_fork_sth" else None
+    witness_key = _load_private_key(witness_key_file) if "cosign" in fault else None
 
     @app.before_server_start
     async def open_client(app: Sanic) -> None:
@@ -94,6 +196,12 @@ def create_proxy(upstream: str, fault: str) -> Sanic:
             "application/json"
         ):
             body = json.dumps(_mutate_sths(response.json(), fault)).encode()
+        if fault.startswith("client_") and response.headers.get("content-type", "").startswith(
+            "application/json"
+        ):
+            body = json.dumps(client_json_fault(path, response.json(), fault, signing_key)).encode()
+        if witness_key is not None and path == "api/log/checkpoint" and status == 200:
+            body = client_cosign(response.text, witness_key, WITNESS_NAME, fault == "client_cosign").encode()
         return raw(
             body, status=status, headers=out_headers, content_type=response.headers.get("content-type")
         )
@@ -114,6 +222,7 @@ def create_proxy(upstream: str, fault: str) -> Sanic:
             return
         seen: set[str] = set()
         first_seq: list[int] = []
+        dropper = ClientAckDropper() if fault == "client_drop_acks" else None
 
         async def client_to_server() -> None:
             while True:
@@ -125,6 +234,14 @@ def create_proxy(upstream: str, fault: str) -> Sanic:
         async def server_to_client() -> None:
             with contextlib.suppress(ConnectionClosed):
                 async for message in server:
+                    if dropper is not None:
+                        forward, reset = dropper.on_frame(str(message))
+                        if forward is not None:
+                            await client.send(forward)
+                        if reset:
+                            _reset(client)
+                            return
+                        continue
                     frame = json.loads(message) if fault in {"dup_new_seq", "ack_reused_seq"} else {}
                     if frame.get("type") == "ack":
                         if fault == "dup_new_seq" and frame["message_id"] in seen:
@@ -159,8 +276,10 @@ def main() -> None:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fault", choices=sorted(FAULTS), default="none")
+    parser.add_argument("--signing-key", help="the log's PEM key file (client_fork_sth)")
+    parser.add_argument("--witness-key", help="a PEM Ed25519 witness key (client_*cosign*)")
     args = parser.parse_args()
-    app = create_proxy(args.upstream, args.fault)
+    app = create_proxy(args.upstream, args.fault, args.signing_key, args.witness_key)
     app.run(host="127.0.0.1", port=args.port, single_process=True, access_log=False, motd=False)
 
 

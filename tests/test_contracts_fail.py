@@ -65,7 +65,7 @@ def run_contracts(
 
 
 @contextmanager
-def fault_proxy(upstream: str, fault: str, log: Path) -> Iterator[str]:
+def fault_proxy(upstream: str, fault: str, log: Path, *extra: str) -> Iterator[str]:
     port = free_port()
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -79,6 +79,7 @@ def fault_proxy(upstream: str, fault: str, log: Path) -> Iterator[str]:
                 str(port),
                 "--fault",
                 fault,
+                *extra,
             ],
             cwd=ROOT,
             stdout=sink,

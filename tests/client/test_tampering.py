@@ -1,0 +1,120 @@
+"""A hostile server (the fault proxy in front of a real one) → a named exception,
+the client's state unchanged, nothing sent."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contracts.server import LocalServer
+from nexo_client import (
+    CosignatureInvalid,
+    NexoClient,
+    ProofInvalid,
+    SignatureInvalid,
+    SplitViewDetected,
+    VerificationFailed,
+    Witness,
+)
+from tests.client.conftest import PASSWORD, ClientFactory, new_name, signing_key_file
+from tests.test_contracts_fail import fault_proxy
+
+
+@pytest.fixture
+def pair(nexo: LocalServer, tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    """alice (state in the returned dir, registered directly) and bob, on the real server."""
+    import asyncio
+
+    alice, bob = new_name("alice"), new_name("bob")
+
+    async def setup() -> None:
+        # carol registers last, so the log grew after alice's last verified tree head.
+        carol = new_name("carol")
+        for name, state in ((bob, tmp_path / "bob"), (alice, tmp_path / "alice"), (carol, tmp_path / "c")):
+            client = NexoClient(nexo.base_url, state)
+            await client.register(name, PASSWORD)
+            await client.close()
+
+    asyncio.run(setup())
+    yield alice, bob, tmp_path / "alice"
+
+
+def sent_by(server: LocalServer, username: str) -> int:
+    with sqlite3.connect(server.data_dir / "nexo.db") as db:
+        return int(db.execute(
+            "SELECT COUNT(*) FROM messages WHERE sender_id = (SELECT id FROM users WHERE username = ?)",
+            (username,),
+        ).fetchone()[0])
+
+
+async def attempt_send(url: str, state: Path, bob: str, **options: object) -> tuple[Exception, dict, dict]:
+    """Send to bob through ``url``; the exception and the state before and after."""
+    client = NexoClient(url, state, key_cache_seconds=0, **options)  # type: ignore[arg-type]
+    try:
+        before = client.store.snapshot()
+        with pytest.raises(VerificationFailed) as caught:
+            await client.send(bob, "must never leave this machine")
+        return caught.value, before, client.store.snapshot()
+    finally:
+        await client.close()
+
+
+CASES = [
+    ("client_fork_sth", SplitViewDetected, "not consistent"),
+    ("client_swap_key", ProofInvalid, "differs from the key in the log"),
+    ("client_strip_proof", ProofInvalid, "inclusion proof"),
+    ("sth_bad_signature", SignatureInvalid, "not signed by the pinned log key"),
+]
+
+
+@pytest.mark.parametrize(("fault", "error", "says"), CASES, ids=[c[0] for c in CASES])
+async def test_a_tampered_answer_raises_the_named_exception_and_changes_nothing(
+    nexo: LocalServer, pair: tuple[str, str, Path], tmp_path: Path, fault: str,
+    error: type[Exception], says: str,
+) -> None:
+    alice, bob, state = pair
+    extra = ("--signing-key", str(signing_key_file(nexo))) if fault == "client_fork_sth" else ()
+    with fault_proxy(nexo.base_url, fault, tmp_path / "proxy.log", *extra) as url:
+        exc, before, after = await attempt_send(url, state, bob)
+    assert type(exc) is error, repr(exc)
+    assert says in str(exc)
+    assert after == before
+    assert sent_by(nexo, alice) == 0
+
+
+async def test_registration_with_a_stripped_proof_is_refused(
+    nexo: LocalServer, pair: tuple[str, str, Path], make_client: ClientFactory, tmp_path: Path
+) -> None:
+    with fault_proxy(nexo.base_url, "client_strip_proof", tmp_path / "proxy.log") as url:
+        client = await make_client(url)
+        with pytest.raises(ProofInvalid):
+            await client.register(new_name(), PASSWORD)
+        assert client.store.get("device") is None
+
+
+async def test_witness_cosignatures_are_required_when_configured(
+    nexo: LocalServer, pair: tuple[str, str, Path], tmp_path: Path, witness_key: tuple[Path, Witness],
+    make_client: ClientFactory,
+) -> None:
+    alice, bob, state = pair
+    key_file, witness = witness_key
+    # The proxy plays a witness that cosigns every checkpoint: the client accepts and says so.
+    witness_args = ("--witness-key", str(key_file))
+    with fault_proxy(nexo.base_url, "client_cosign", tmp_path / "good.log", *witness_args) as url:
+        client = await make_client(url, state=state, witnesses=[witness.vkey()])
+        report = await client.verify(bob)
+        assert report["cosignatures"] == [witness.name]
+        await client.close()
+    # A cosignature that does not verify.
+    with fault_proxy(nexo.base_url, "client_bad_cosignature", tmp_path / "bad.log", *witness_args) as url:
+        exc, before, after = await attempt_send(url, state, bob, witnesses=[witness])
+    assert isinstance(exc, CosignatureInvalid) and "does not verify" in str(exc)
+    assert after == before
+    # No cosignature at all (this server has no witness): the quorum is not met.
+    exc, before, after = await attempt_send(nexo.base_url, state, bob, witnesses=[witness])
+    assert isinstance(exc, CosignatureInvalid) and "quorum" in str(exc)
+    assert after == before
+    assert sent_by(nexo, alice) == 0
