@@ -427,7 +427,8 @@ class NexoClient:
         import json
 
         self.connects += 1
-        await ws.send(envelope.canonical({"type": "sync", "since": self.store.cursor()}).decode())
+        if self._handler is not None:  # without one there is nothing to consume yet
+            await ws.send(envelope.canonical({"type": "sync", "since": self.store.cursor()}).decode())
         self._ws = ws
         for item in self.store.pending():
             await self._transmit(item)

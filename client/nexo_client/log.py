@@ -117,7 +117,7 @@ class Witness:
     def parse(cls, vkey: str) -> Witness:
         """``<name>+<hex key ID>+<base64(0x04 || 32-byte key)>`` (C2SP signed-note vkey)."""
         try:
-            name, key_hash, blob_b64 = vkey.strip().rsplit("+", 2)
+            name, key_hash, blob_b64 = vkey.strip().split("+", 2)
             blob = base64.b64decode(blob_b64, validate=True)
         except (ValueError, binascii.Error) as exc:
             raise ValueError(f"witness key {vkey!r} is not a vkey (name+keyid+base64)") from exc
