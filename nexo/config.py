@@ -77,6 +77,8 @@ class Settings:
     ws_max_frame_bytes: int = 128 * 1024
     ws_auth_timeout: float = 5.0
     ws_push_sweep_seconds: float = 2.0
+    #: Seconds a connection may leave a write pending (the client does not read) before it is dropped.
+    ws_write_timeout: float = 30.0
     workers: int = 1
     metrics_token: str | None = None
     cors_origins: tuple[str, ...] = ()
@@ -169,6 +171,7 @@ class Settings:
             max_body_bytes=_int(env, "NEXO_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             message_body_max_bytes=_int(env, "NEXO_MESSAGE_MAX_BYTES", 64 * 1024, minimum=1),
             ws_max_frame_bytes=_int(env, "NEXO_WS_MAX_FRAME_BYTES", 128 * 1024, minimum=1024),
+            ws_write_timeout=_seconds(env, "NEXO_WS_WRITE_TIMEOUT", 30.0, minimum=0.1, maximum=3600.0),
             workers=workers,
             ws_push_sweep_seconds=_seconds(env, "NEXO_WS_PUSH_SWEEP_SECONDS", 2.0, minimum=0.1, maximum=60.0),
             metrics_token=env.get("NEXO_METRICS_TOKEN") or None,

@@ -93,6 +93,11 @@ class AuthService:
         self.settings = settings
         self.tokens = tokens
         self.passwords = passwords
+        #: Called, at once, with ``(user_id, session_id)`` after a session ends (logout,
+        #: refresh-token reuse) or ``(user_id, None)`` after all of a user's end (logout
+        #: everywhere, account deletion); ``user_id`` is None when unknown. The realtime hub
+        #: closes this process's connections of it (other processes poll, nexo/realtime/sessions.py).
+        self.session_listeners: list[Callable[[int | None, str | None], None]] = []
 
     async def register(self, username: str, password: str) -> User:
         name = normalize_username(username)
@@ -175,16 +180,29 @@ class AuthService:
         if await repository.revoke_session(session_id, "refresh_reuse", now):
             REFRESH_REUSE.inc()
             log.warning("refresh token reuse: session %s revoked", session_id)
+        self._ended(None, session_id)
         raise InvalidToken("the refresh token was already used; the session has been revoked")
 
     async def logout(self, session_id: str, user_id: int, everywhere: bool) -> int:
         now = now_utc()
         if everywhere:
-            return await repository.revoke_user_sessions(user_id, "logout", now)
-        return int(await repository.revoke_session(session_id, "logout", now))
+            count = await repository.revoke_user_sessions(user_id, "logout", now)
+            self._ended(user_id, None)
+            return count
+        revoked = int(await repository.revoke_session(session_id, "logout", now))
+        self._ended(user_id, session_id)
+        return revoked
+
+    def _ended(self, user_id: int | None, session_id: str | None) -> None:
+        for listener in self.session_listeners:
+            try:
+                listener(user_id, session_id)
+            except Exception:  # the revocation is committed; the poll closes what this missed
+                log.exception("a session-ended listener failed")
 
     async def delete_account(self, user_id: int) -> None:
         for hook in ACCOUNT_DELETION_HOOKS:
             await hook(user_id)
         await repository.delete_user(user_id)
+        self._ended(user_id, None)
         log.info("deleted user id %s", user_id)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -50,8 +52,14 @@ UNAUTHORIZED_CLOSES = Counter("nexo_ws_unauthorized_closes_total", "Connections 
 
 #: Frames waiting in one connection's outbox before it is dropped as too slow.
 MAX_OUTBOX = 100_000
-#: How long a close waits for the client to answer the close handshake (seconds).
-CLOSE_HANDSHAKE_SECONDS = 2.0
+#: How long a close (flush, close frame, close handshake) may take before the transport
+#: is aborted (seconds): the server's shutdown and other graceful closes.
+CLOSE_SECONDS = 7.0
+#: The same for a connection that must end now: its session ended or its token expired
+#: (4401), or it is too slow a consumer. Requirement: ended within 1 s of the revocation.
+END_SECONDS = 0.5
+#: How often sockets with unsent data are checked for progress (seconds).
+STALL_CHECK_SECONDS = 0.25
 #: Seqs a connection remembers as already pushed.
 RECENT_PUSHES = 4096
 #: Rows read per query when a signal says a user has new messages.
@@ -65,7 +73,15 @@ MAX_UNSWEPT = 8192
 class Connection:
     """One authenticated socket: user, session, outbox, pump, expiry."""
 
-    def __init__(self, ws: Any, user_id: int, username: str, session_id: str, request_id: str) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        user_id: int,
+        username: str,
+        session_id: str,
+        request_id: str,
+        write_timeout: float = 30.0,
+    ) -> None:
         self.ws = ws
         self.user_id = user_id
         self.username = username
@@ -81,6 +97,9 @@ class Connection:
         self._recent_order: deque[int] = deque()
         self._pump_task: asyncio.Task[None] | None = None
         self.closing = False
+        #: Set when the session ended (or the client is dropped): frames read after this are ignored.
+        self.ended = False
+        self.write_timeout = write_timeout
         self.expiry: asyncio.TimerHandle | None = None
         self._closer: asyncio.Task[None] | None = None
 
@@ -109,7 +128,7 @@ class Connection:
         if len(out) > MAX_OUTBOX:
             log.warning("closing a connection of user %s: it does not read its frames", self.user_id)
             out.clear()
-            self.close_soon(CloseCode.GOING_AWAY, "client too slow")
+            self.end(CloseCode.POLICY_VIOLATION, "client too slow: it does not read its frames")
 
     def push(self, message: Delivery | StoredMessage) -> None:
         """Send a ``message`` frame unless this connection already got that seq."""
@@ -137,34 +156,74 @@ class Connection:
 
     def close_unauthorized(self, reason: str) -> None:
         """Close with 4401 (the token expired, the session ended) from synchronous code."""
-        if not self.closing and self._closer is None:
+        if not self.ended:
             UNAUTHORIZED_CLOSES.inc()
-        self.close_soon(CloseCode.UNAUTHORIZED, reason)
+        self.end(CloseCode.UNAUTHORIZED, reason)
+
+    def end(self, code: int, reason: str) -> None:
+        """From synchronous code: no frame read from now on is acted upon; close within
+        :data:`END_SECONDS` whether or not the client reads."""
+        self.ended = True
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self.close(code, reason, END_SECONDS))
 
     def close_soon(self, code: int, reason: str) -> None:
         """Schedule :meth:`close` from synchronous code."""
         if self._closer is None:
             self._closer = asyncio.get_running_loop().create_task(self.close(code, reason))
 
+    async def wait_closed(self) -> None:
+        """Until the close scheduled by :meth:`end` or :meth:`close_soon` is over."""
+        if self._closer is not None:
+            await asyncio.shield(self._closer)
+
     async def flush(self) -> None:
         await self._flushed.wait()
 
-    async def close(self, code: int, reason: str) -> None:
-        """Send what is queued, then close with ``code``; idempotent."""
+    async def close(self, code: int, reason: str, timeout: float = CLOSE_SECONDS) -> None:
+        """Send what is queued, then close with ``code``; idempotent, over within ``timeout``.
+
+        A client that reads gets its queued frames and the close frame, and answers the
+        close handshake. One that does not read holds the write side (the pump waits on a
+        full socket, under Sanic's send lock): then the close frame is written behind what
+        is buffered and, at ``timeout``, the transport is aborted (RST, buffers freed).
+        """
         if self.closing:
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.flush(), 5.0)
+            await asyncio.wait_for(self.flush(), timeout / 2)
         self.closing = True
         CLOSES.labels(str(int(code))).inc()
-        with contextlib.suppress(Exception):
-            await self.ws.close(int(code), reason.encode()[:120].decode(errors="ignore"))
-            # Sanic's close only sends the frame. Wait for the client's reply, so the TCP
-            # close does not race frames still in flight (an RST would lose the close frame
-            # and the client would see 1006 instead of the code).
-            waiter = getattr(self.ws, "wait_for_connection_lost", None)
-            if waiter is not None:
-                await waiter(CLOSE_HANDSHAKE_SECONDS)
+        ws = self.ws
+        reason = reason.encode()[:120].decode(errors="ignore")
+        try:
+            await asyncio.wait_for(ws.close(int(code), reason), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            # The send lock is held by a write the client never reads: skip it.
+            with contextlib.suppress(Exception):
+                ws.end_connection(int(code), reason)
+        except Exception as exc:  # the socket is already gone
+            log.debug("closing a WebSocket (request %s): %r", self.request_id, exc)
+        # Sanic's close only sends the frame. Wait for the client's reply, so the TCP
+        # close does not race frames still in flight (an RST would lose the close frame
+        # and the client would see 1006 instead of the code).
+        waiter = getattr(ws, "wait_for_connection_lost", None)
+        lost = False
+        if waiter is not None:
+            with contextlib.suppress(Exception):
+                lost = await waiter(max(0.0, deadline - loop.time()))
+        if not lost:
+            abort(ws)
+
+    def too_slow(self) -> None:
+        """It left written data unread for ``write_timeout`` seconds: drop it."""
+        log.warning(
+            "closing a connection of user %s: it read nothing for %g s", self.user_id, self.write_timeout
+        )
+        self._out.clear()
+        self.end(CloseCode.POLICY_VIOLATION, "client too slow: it does not read its frames")
 
     def stop(self) -> None:
         self.closing = True
@@ -228,6 +287,8 @@ class Connection:
         ):
             return False
         transport.write(_encode(proto, frames))
+        if transport.get_write_buffer_size():  # the kernel did not take it all: is it read?
+            _STALLS.watch(self, transport)
         return True
 
     async def _write(self, frames: list[str]) -> None:
@@ -238,6 +299,9 @@ class Connection:
             for frame in frames:
                 await ws.send(frame)
             return
+        transport = getattr(getattr(ws, "io_proto", None), "transport", None)
+        if transport is not None:  # the write below may wait on a client that does not read
+            _STALLS.watch(self, transport)
         # Sanic's WebsocketImplProtocol.send, for many frames under one lock and one write.
         async with mutex:
             if proto.state is not State.OPEN:
@@ -254,6 +318,18 @@ def _encode(proto: Any, frames: list[str]) -> bytes:
             proto.send_text(frame.encode())
         return b"".join(proto.data_to_send())
     return b"".join([text_frame(frame.encode()) for frame in frames])
+
+
+def abort(ws: Any) -> None:
+    """Drop the TCP connection now: RST (no lingering unsent data), buffers freed."""
+    transport = getattr(getattr(ws, "io_proto", None), "transport", None)
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(Exception):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class _Flusher:
@@ -281,6 +357,45 @@ class _Flusher:
 
 
 _FLUSHER = _Flusher()
+
+
+class _Stalls:
+    """Connections whose socket did not take everything written to it, checked every
+    :data:`STALL_CHECK_SECONDS`: one whose unsent bytes have not gone down for its
+    ``write_timeout`` does not read, and is dropped. Costs nothing while every socket keeps up.
+    """
+
+    def __init__(self) -> None:
+        #: connection -> (transport, monotonic time of the last progress, unsent bytes then)
+        self._watched: dict[Connection, tuple[Any, float, int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, conn: Connection, transport: Any) -> None:
+        if conn in self._watched:
+            return
+        loop = asyncio.get_running_loop()
+        self._watched[conn] = (transport, loop.time(), transport.get_write_buffer_size())
+        if self._timer is None:
+            self._timer = loop.call_later(STALL_CHECK_SECONDS, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn, (transport, since, unsent) in list(self._watched.items()):
+            size = 0 if transport.is_closing() else transport.get_write_buffer_size()
+            if conn.closing or (size == 0 and conn._flushed.is_set()):
+                del self._watched[conn]
+            elif size < unsent:  # it reads: progress
+                self._watched[conn] = (transport, now, size)
+            elif now - since >= conn.write_timeout:
+                del self._watched[conn]
+                conn.too_slow()
+        if self._watched:
+            self._timer = loop.call_later(STALL_CHECK_SECONDS, self._check)
+
+
+_STALLS = _Stalls()
 
 
 class _Feed:
@@ -481,6 +596,19 @@ class Hub:
                 SWEEP_CATCH_UPS.inc(len(lagging))
                 log.info("push sweep: %d users had stored messages not pushed here", len(lagging))
                 self.signal(lagging)
+
+    def end_sessions(self, user_id: int | None, session_id: str | None, reason: str) -> int:
+        """Close with 4401, at once, this process's connections of a session (or of every
+        session of ``user_id`` when ``session_id`` is None); how many."""
+        if user_id is not None:
+            feed = self._feeds.get(user_id)
+            conns = list(feed.conns) if feed is not None else []
+        else:
+            conns = self.connections()
+        ended = [c for c in conns if not c.ended and (session_id is None or c.session_id == session_id)]
+        for conn in ended:
+            conn.close_unauthorized(reason)
+        return len(ended)
 
     async def close_all(self, code: int, reason: str) -> None:
         await asyncio.gather(*(conn.close(code, reason) for conn in self.connections()))

@@ -40,6 +40,8 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    #: A slow consumer: it left a write pending for ``NEXO_WS_WRITE_TIMEOUT`` or its outbox is full.
+    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     UNAUTHORIZED = 4401

@@ -47,7 +47,7 @@ from nexo.realtime.protocol import (
     error_frame,
     parse_frame,
 )
-from nexo.realtime.sessions import SessionWatch
+from nexo.realtime.sessions import ENDED, SessionWatch
 
 log = logging.getLogger("nexo.realtime")
 
@@ -85,6 +85,10 @@ def setup(app: Sanic) -> None:
         app.ctx.broker = broker
         app.ctx.session_watch = SessionWatch(hub, auth_repository.live_sessions)
         app.ctx.session_watch.start()
+        # Sessions ended through this process: their connections here close at once.
+        app.ctx.auth.session_listeners.append(
+            lambda user_id, session_id: hub.end_sessions(user_id, session_id, ENDED)
+        )
         try:
             await broker.start(hub.signal, hub.signal_everyone)
         except Exception as exc:
@@ -119,7 +123,14 @@ async def websocket(request: Request, ws: Any) -> None:
         except Unauthenticated as exc:
             await _close_unauthorized(ws, str(exc))
             return
-        conn = Connection(ws, principal.user_id, principal.username, principal.session_id, request_id)
+        conn = Connection(
+            ws,
+            principal.user_id,
+            principal.username,
+            principal.session_id,
+            request_id,
+            app.ctx.settings.ws_write_timeout,
+        )
         conn.start()
         # Also pushes what was committed between the handshake and now.
         await hub.add(conn, request.ctx.push_from)
@@ -207,15 +218,22 @@ class Session:
         """Read frames until the peer closes. Consecutive ``send`` frames that are already
         queued are rate limited and handed to the writer together."""
         inbox = self.inbox
+        conn = self.conn
         limit = self.settings.message_body_max_bytes
-        post = self.conn.post
+        post = conn.post
         while True:
             first = await inbox.get()
+            if conn.ended:
+                # The session ended: nothing read from now on is acted upon.
+                await conn.wait_closed()
+                return
             if first is None:
                 continue
             burst = [first, *inbox.take_ready(BURST - 1)]
             sends: list[Send] = []
             for text in burst:
+                if conn.ended:
+                    break
                 try:
                     frame = parse_frame(text, limit)
                 except FrameError as exc:
@@ -262,12 +280,16 @@ class Session:
                     break
                 admitted.append(frame)
         for frame in admitted:
+            if conn.ended:  # the session ended while this batch waited on the limiter or a lookup
+                return
             recipient_id = self.recipients.cached(frame.to)
             if recipient_id is None:
                 recipient_id = await self.recipients.user_id(frame.to)
                 if recipient_id is None:
                     conn.post(error_frame(WsError.UNKNOWN_RECIPIENT, "no such recipient", frame.message_id))
                     continue
+                if conn.ended:
+                    return
             self._submit(frame, recipient_id)
 
     def send_now(self, text: str | bytes) -> bool:
@@ -277,6 +299,8 @@ class Session:
         frame types, bad frames, a recipient not in the cache, limits in Redis,
         shutdown. Every check comes before the only side effect (the submit).
         """
+        if self.conn.ended:
+            return True  # dropped: the session ended
         if self.hub.closing or not isinstance(text, str):
             return False
         try:
@@ -330,9 +354,10 @@ class Session:
         except Unauthenticated as exc:
             if self.conn.expiry is not None:
                 self.conn.expiry.cancel()
-            await self.conn.flush()
-            self.conn.closing = True
-            await _close_unauthorized(self.conn.ws, str(exc))
+            self.conn.close_unauthorized(str(exc))
+            await self.conn.wait_closed()
+            return False
+        if self.conn.ended:  # ended while the token was being checked
             return False
         self.conn.session_id = principal.session_id
         _arm_expiry(self.conn, principal.expires_at)

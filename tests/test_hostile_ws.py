@@ -1,0 +1,213 @@
+"""Hostile WebSocket clients (issue 14, findings 2 and 3), real server, real sockets.
+
+The attacker's socket never reads: its small receive buffer and the server's send buffer
+fill with pushes, so the server's write path is stuck. Each test ends the session the way
+an owner would (logout, refresh-token reuse, account deletion) or lets the token expire,
+and proves the server drops the socket within the bound (docs/security.md "Sessions that
+end") and that a ``send`` written on it afterwards is never stored nor pushed, while the
+honest clients around it keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from contracts.client import Account
+from contracts.server import LocalServer
+from tests.conftest import ServerFactory, server_factory
+from tests.hostile_support import NonReader
+from tests.realtime_support import (
+    FAST_ENV,
+    account,
+    count_rows,
+    frames_within,
+    next_frame,
+    online,
+    send_and_ack,
+    send_frame,
+)
+
+#: What the server promises (1 s) plus room for a loaded CI machine.
+DROP_BOUND = 3.0
+#: Pushed to the non-reader: far more than its receive buffer and the server's send buffer.
+FLOOD_BODY = "x" * 48_000
+FLOOD_COUNT = 200
+
+
+async def flood(ws: ClientConnection, to: str, count: int = FLOOD_COUNT) -> None:
+    """Send ``count`` large messages to ``to`` and wait for every ack."""
+    ids = {str(uuid.uuid4()) for _ in range(count)}
+    for mid in ids:
+        await ws.send(send_frame(to, FLOOD_BODY, mid))
+    acked: set[str] = set()
+    while acked != ids:
+        frame = await next_frame(ws, timeout=60)
+        if frame.get("message_id") in ids:
+            assert frame["type"] == "ack", frame
+            acked.add(frame["message_id"])
+
+
+async def stuck_victim(server: Any, sender: ClientConnection, victim: Account) -> NonReader:
+    """The victim's non-reading socket, with the server's write path to it stuck."""
+    reader = NonReader(server, victim.access_token)
+    assert reader.upgraded, reader.status
+    await asyncio.sleep(0.5)  # authenticated and registered for pushes
+    await flood(sender, victim.username)
+    assert reader.wait_server_backlog(10), "the server's send buffer towards the non-reader is empty"
+    assert reader.is_open()
+    return reader
+
+
+async def assert_dropped_and_deaf(
+    server: Any, reader: NonReader, victim: Account, witness: ClientConnection, witness_name: str
+) -> None:
+    """Dropped within the bound; a send written on it afterwards is never stored nor pushed."""
+    elapsed = reader.wait_dropped(DROP_BOUND)
+    assert elapsed is not None, f"the non-reading socket is still open {DROP_BOUND} s after its session ended"
+    late = str(uuid.uuid4())
+    reader.send_text(send_frame(witness_name, "sent after the session ended", late))
+    pushed = await frames_within(witness, 1.5)
+    assert late not in {f.get("message_id") for f in pushed}
+    assert count_rows(server, late) == 0
+    reader.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    with server_factory(tmp_path_factory.mktemp("hostile")) as make:
+        yield make(FAST_ENV)
+
+
+@pytest.fixture
+def expiring_server(make_server: ServerFactory) -> LocalServer:
+    return make_server({**FAST_ENV, "NEXO_ACCESS_TOKEN_TTL": "8"})
+
+
+@pytest.fixture
+def write_timeout_server(make_server: ServerFactory) -> LocalServer:
+    return make_server({**FAST_ENV, "NEXO_WS_WRITE_TIMEOUT": "1"})
+
+
+@pytest.fixture
+def two_workers(make_server: ServerFactory, backend: str) -> LocalServer:
+    if backend != "postgres":
+        pytest.skip("several workers need PostgreSQL")
+    return make_server(FAST_ENV, workers=2)
+
+
+async def test_non_reader_outlives_logout(server: LocalServer) -> None:
+    alice, bob = account(server), account(server)
+    sender = await online(server, alice.access_token)
+    honest_bob = await online(server, bob.access_token)  # bob's first session, an honest client
+    victim = Account(bob.base_url, bob.username, bob.password, bob.user_id, "", "")
+    victim.relogin()  # bob's second session: the one whose socket never reads
+    reader = await stuck_victim(server, sender, victim)
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(f"{server.base_url}/api/auth/logout", headers=victim.headers)
+    assert response.status_code in (200, 204), response.text
+    # Written right after the logout answered: the revocation point is behind it.
+    at_once = str(uuid.uuid4())
+    reader.send_text(send_frame(alice.username, "sent just after logout", at_once))
+    await assert_dropped_and_deaf(server, reader, victim, sender, alice.username)
+    assert count_rows(server, at_once) == 0
+
+    # Honest clients are untouched: bob's other session and alice still send and receive.
+    ack = await send_and_ack(honest_bob, alice.username, "still here")
+    assert ack["type"] == "ack"
+    assert (await next_frame(sender, "message"))["message_id"] == ack["message_id"]
+    await sender.close()
+    await honest_bob.close()
+
+
+async def test_non_reader_outlives_refresh_reuse_revocation(server: LocalServer) -> None:
+    alice, bob = account(server), account(server)
+    sender = await online(server, alice.access_token)
+    reader = await stuck_victim(server, sender, bob)
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        url, spent = f"{server.base_url}/api/auth/refresh", {"refresh_token": bob.refresh_token}
+        assert (await http.post(url, json=spent)).status_code == 200
+        assert (await http.post(url, json=spent)).status_code == 401
+    at_once = str(uuid.uuid4())
+    reader.send_text(send_frame(alice.username, "sent just after the revocation", at_once))
+    await assert_dropped_and_deaf(server, reader, bob, sender, alice.username)
+    assert count_rows(server, at_once) == 0
+    assert (await send_and_ack(sender, alice.username, "alice is fine"))["type"] == "ack"
+    await sender.close()
+
+
+async def test_non_reader_outlives_account_deletion(server: LocalServer) -> None:
+    alice, bob = account(server), account(server)
+    sender = await online(server, alice.access_token)
+    reader = await stuck_victim(server, sender, bob)
+
+    assert bob.delete() in (200, 204)
+    at_once = str(uuid.uuid4())
+    reader.send_text(send_frame(alice.username, "sent just after the deletion", at_once))
+    await assert_dropped_and_deaf(server, reader, bob, sender, alice.username)
+    assert count_rows(server, at_once) == 0
+    assert (await send_and_ack(sender, alice.username, "alice is fine"))["type"] == "ack"
+    await sender.close()
+
+
+async def test_non_reader_outlives_token_expiry(expiring_server: LocalServer) -> None:
+    server = expiring_server
+    alice, bob = account(server), account(server)
+    bob.relogin()
+    exp = jwt.decode(bob.access_token, options={"verify_signature": False})["exp"]
+    sender = await online(server, alice.access_token)
+    reader = await stuck_victim(server, sender, bob)
+    assert time.time() < exp - 0.5, "the flood took longer than the token's lifetime"
+
+    await asyncio.sleep(exp - time.time() + 0.2)
+    at_once = str(uuid.uuid4())
+    reader.send_text(send_frame(alice.username, "sent just after expiry", at_once))
+    await assert_dropped_and_deaf(server, reader, bob, sender, alice.username)
+    assert count_rows(server, at_once) == 0
+    await sender.close()
+
+
+async def test_non_reader_is_dropped_after_write_timeout(write_timeout_server: LocalServer) -> None:
+    server = write_timeout_server
+    alice, bob = account(server), account(server)
+    sender = await online(server, alice.access_token)
+    started = time.monotonic()
+    reader = NonReader(server, bob.access_token)
+    assert reader.upgraded, reader.status
+    await asyncio.sleep(0.5)
+    await flood(sender, bob.username)
+    # Its session is live: only the write timeout (1 s here) ends it.
+    elapsed = reader.wait_dropped(1.0 + 10.0)
+    assert elapsed is not None, "a client that reads nothing is still connected"
+    assert time.monotonic() - started > 1.0
+    late = str(uuid.uuid4())
+    reader.send_text(send_frame(alice.username, "never", late))
+    await asyncio.sleep(1.0)
+    assert count_rows(server, late) == 0
+    reader.close()
+    # The honest sender, flooded with acks it reads, is still connected and served.
+    assert (await send_and_ack(sender, bob.username, "after"))["type"] == "ack"
+    await sender.close()
+
+
+async def test_non_reader_outlives_logout_on_another_worker(two_workers: LocalServer) -> None:
+    server = two_workers
+    alice, bob = account(server), account(server)
+    sender = await online(server, alice.access_token)
+    reader = await stuck_victim(server, sender, bob)
+    # Whichever worker answers the logout, the socket's worker learns it by its poll.
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(f"{server.base_url}/api/auth/logout", headers=bob.headers)
+    assert response.status_code in (200, 204), response.text
+    await assert_dropped_and_deaf(server, reader, bob, sender, alice.username)
+    await sender.close()
