@@ -23,6 +23,7 @@ from nexo.devices import endpoints as devices_endpoints
 from nexo.messages import endpoints as messages_endpoints
 from nexo.realtime import ws as realtime_ws
 from nexo.transparency import endpoints as transparency_endpoints
+from nexo.web import endpoints as web_endpoints
 
 #: Feature modules in start order. Each has ``setup(app)``; some have
 #: ``async prepare(settings)`` run once before serving (``prepare_storage``).
@@ -34,6 +35,7 @@ FEATURES: list[ModuleType] = [
     devices_endpoints,
     messages_endpoints,
     realtime_ws,
+    web_endpoints,
 ]
 
 NexoApp = Sanic[Config, SimpleNamespace]
@@ -165,7 +167,10 @@ async def _finish_response(request: NexoRequest, response: BaseHTTPResponse) -> 
     headers = response.headers
     headers["X-Request-ID"] = request_id
     if not request.path.startswith(_DOCS_PREFIX):  # the OpenAPI UI needs its scripts
+        page_csp = headers.get("content-security-policy")  # web pages set their own (nexo.web.assets)
         headers.update(request.app.ctx.response_headers)
+        if page_csp is not None:
+            headers["content-security-policy"] = page_csp
     status = response.status
     metrics.observe(request, status)
     if logs.ACCESS.enabled and (status >= 400 or request.path not in _QUIET_PATHS):

@@ -81,6 +81,9 @@ class Settings:
     ws_write_timeout: float = 30.0
     workers: int = 1
     metrics_token: str | None = None
+    console_token: str | None = None
+    console_sth_max_age: int = 3600
+    console_window: int = 60
     cors_origins: tuple[str, ...] = ()
     argon2_memory_kib: int = 19456
     argon2_time_cost: int = 2
@@ -132,6 +135,9 @@ class Settings:
         for old in previous:
             if not dev:
                 check_secret(old, "JWT_PREVIOUS_SECRETS")
+        console_token = env.get("NEXO_CONSOLE_TOKEN") or None
+        if console_token and not dev:
+            check_secret(console_token, "NEXO_CONSOLE_TOKEN")
         database_url = env.get("DATABASE_URL") or None
         if database_url:
             check_database_url(database_url)
@@ -175,6 +181,9 @@ class Settings:
             workers=workers,
             ws_push_sweep_seconds=_seconds(env, "NEXO_WS_PUSH_SWEEP_SECONDS", 2.0, minimum=0.1, maximum=60.0),
             metrics_token=env.get("NEXO_METRICS_TOKEN") or None,
+            console_token=console_token,
+            console_sth_max_age=_int(env, "NEXO_CONSOLE_STH_MAX_AGE", 3600, minimum=1),
+            console_window=_int(env, "NEXO_CONSOLE_WINDOW", 60, minimum=2),
             cors_origins=tuple(o.strip() for o in env.get("NEXO_CORS_ORIGINS", "").split(",") if o.strip()),
             argon2_memory_kib=_int(env, "NEXO_ARGON2_MEMORY_KIB", 19456, minimum=8192),
             argon2_time_cost=_int(env, "NEXO_ARGON2_TIME_COST", 2, minimum=1),

@@ -74,10 +74,11 @@ async def metrics(request: Request) -> HTTPResponse:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise Unauthorized("metrics require the configured bearer token")
-    return raw(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+    return raw(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
 
 
-def _registry() -> CollectorRegistry:
+def registry() -> CollectorRegistry:
+    """The registry to read: this process, or the sum over workers in multiprocess mode."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return REGISTRY
     registry = CollectorRegistry()

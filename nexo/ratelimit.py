@@ -49,10 +49,11 @@ REDIS_RETRY_SECONDS = 2.0
 REDIS_CONNECT_TIMEOUT = 0.5
 REDIS_SOCKET_TIMEOUT = 1.0
 
-#: Paths never limited: probes, metrics, API docs and the WebSocket upgrade
-#: (``send`` frames have their own per-user budget, ``Bucket.WS_SEND``).
-EXEMPT_PATHS = frozenset({"/api/health", "/metrics", "/ws"})
-EXEMPT_PREFIXES = ("/docs",)
+#: Paths never limited: probes, metrics, API docs, the WebSocket upgrade (``send``
+#: frames have their own per-user budget, ``Bucket.WS_SEND``), the web pages and their
+#: files (served from memory) and the token-protected console's data (polled).
+EXEMPT_PATHS = frozenset({"/api/health", "/metrics", "/ws", "/", "/console", "/api/console/status"})
+EXEMPT_PREFIXES = ("/docs", "/static/")
 #: Anonymous auth endpoints: their own per-address budget (``NEXO_AUTH_RATE_LIMIT``).
 AUTH_PATHS = frozenset({"/api/auth/register", "/api/auth/login", "/api/auth/refresh"})
 

@@ -6,6 +6,9 @@ at this proxy with ``--base-url`` and must fail on the promise the fault breaks
 frame with websockets; the fault rewrites what the client sees.
 
     python -m tests.fault_proxy --upstream http://127.0.0.1:5000 --port 5001 --fault ws_close_1000
+
+``PUT /__proxy/fault/<name>`` switches the fault while running (the browser tests
+break a promise and mend it again under one open page).
 """
 
 from __future__ import annotations
@@ -167,8 +170,18 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
     app.config.ACCESS_LOG = False
     app.config.WEBSOCKET_PING_INTERVAL = None
     ws_upstream = "ws" + upstream[upstream.index(":") :].rstrip("/") + "/ws"
-    signing_key = _load_private_key(signing_key_file) if fault == "client_fork_sth" else None
-    witness_key = _load_private_key(witness_key_file) if "cosign" in fault else None
+    # Keys load when given (a fault switched on later may need them) or when the fault needs them.
+    signing_key = (_load_private_key(signing_key_file)
+                   if signing_key_file or fault == "client_fork_sth" else None)
+    witness_key = _load_private_key(witness_key_file) if witness_key_file or "cosign" in fault else None
+    app.ctx.fault = fault
+
+    @app.put("/__proxy/fault/<name>")
+    async def switch_fault(request: Request, name: str) -> HTTPResponse:
+        if name not in FAULTS:
+            return raw(b"unknown fault", status=404)
+        app.ctx.fault = name
+        return raw(name.encode())
 
     @app.before_server_start
     async def open_client(app: Sanic) -> None:
@@ -180,6 +193,7 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
 
     @app.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     async def forward(request: Request, path: str) -> HTTPResponse:
+        fault = app.ctx.fault
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         response = await app.ctx.http.request(
             request.method,
@@ -208,7 +222,7 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
             "application/json"
         ):
             body = json.dumps(client_json_fault(path, response.json(), fault, signing_key)).encode()
-        if witness_key is not None and path == "api/log/checkpoint" and status == 200:
+        if witness_key is not None and "cosign" in fault and path == "api/log/checkpoint" and status == 200:
             body = client_cosign(response.text, witness_key, WITNESS_NAME, fault == "client_cosign").encode()
         return raw(
             body, status=status, headers=out_headers, content_type=response.headers.get("content-type")
@@ -216,6 +230,7 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
 
     @app.websocket("/ws")
     async def relay(request: Request, client: Any) -> None:
+        fault = app.ctx.fault
         headers = (
             {"Authorization": request.headers["authorization"]}
             if "authorization" in request.headers

@@ -212,3 +212,11 @@ async def clear_login_failures(
 
 async def prune_login_failures(before: datetime) -> int:
     return await LoginFailure.filter(at__lt=before).delete()
+
+
+async def usernames(user_ids: Iterable[int]) -> dict[int, str]:
+    """Usernames by id for the given ids, in one query."""
+    ids = list(set(user_ids))
+    if not ids:
+        return {}
+    return dict(await User.filter(id__in=ids).values_list("id", "username"))

@@ -107,3 +107,8 @@ async def changed_since(since: datetime, user_id: int | None = None) -> list[Dev
     if user_id is not None:
         query = query.filter(user_id=user_id)
     return await query.order_by("leaf_index")
+
+
+async def latest_registered(limit: int) -> list[Device]:
+    """The ``limit`` most recently logged devices (newest first), by their unique leaf index."""
+    return await Device.all().order_by("-leaf_index").limit(limit)

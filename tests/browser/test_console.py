@@ -1,0 +1,122 @@
+"""The operator console in real Chromium: rows turn red when a runbook promise breaks, green again."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+import httpx
+from playwright.sync_api import Page, expect
+
+from contracts.client import Account
+from tests.conftest import ServerFactory
+from tests.test_contracts_fail import fault_proxy
+
+TOKEN = secrets.token_urlsafe(36)
+WAIT_MS = 30_000  # rows follow within a refresh or two; CI machines are slow
+
+
+def open_console(page: Page, base_url: str) -> None:
+    page.goto(base_url + "/console")
+    page.get_by_label("Console token").fill("wrong-" + TOKEN)
+    page.get_by_label("Console token").press("Enter")
+    expect(page.get_by_role("alert").filter(has_text="refused")).to_be_visible(timeout=WAIT_MS)
+    page.get_by_label("Console token").fill(TOKEN)
+    page.get_by_role("button", name="Open console").click()
+    expect(page.locator("#checklist tbody tr")).to_have_count(6, timeout=WAIT_MS)
+
+
+def row(page: Page, key: str):  # type: ignore[no-untyped-def]
+    return page.locator(f'#checklist tr[data-key="{key}"]')
+
+
+def add_device(base_url: str) -> None:
+    account = Account.create(base_url, "console")
+    response = httpx.post(
+        f"{base_url}/api/devices",
+        headers={"Authorization": f"Bearer {account.access_token}"},
+        json={"name": "laptop", "public_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+              "key_type": "ed25519"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+
+
+def test_console_is_off_without_its_token(make_server: ServerFactory) -> None:
+    server = make_server()
+    for path in ("/console", "/api/console/status"):
+        response = httpx.get(server.base_url + path, timeout=10)
+        assert response.status_code == 404
+        assert "NEXO_CONSOLE_TOKEN" in response.json()["error"]["message"]
+
+
+def test_console_data_requires_the_token(make_server: ServerFactory) -> None:
+    server = make_server({"NEXO_CONSOLE_TOKEN": TOKEN})
+    assert httpx.get(server.base_url + "/api/console/status", timeout=10).status_code == 401
+    response = httpx.get(server.base_url + "/api/console/status",
+                         headers={"Authorization": f"Bearer {TOKEN}x"}, timeout=10)
+    assert response.status_code == 401
+    response = httpx.get(server.base_url + "/api/console/status",
+                         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert response.status_code == 200
+    doc = response.json()
+    keys = [r["key"] for r in doc["rows"]]
+    assert keys == ["health", "duplicates", "websockets", "sth", "tokens", "ratelimit"]
+    assert doc["sth"]["index"] == 0
+
+
+def test_rate_limit_and_stale_sth_turn_rows_red_then_green(page: Page, make_server: ServerFactory) -> None:
+    server = make_server({
+        "NEXO_CONSOLE_TOKEN": TOKEN, "NEXO_CONSOLE_WINDOW": "4", "NEXO_CONSOLE_STH_MAX_AGE": "6",
+        "NEXO_RATE_LIMIT": "10/minute",
+    })
+    base = server.base_url
+    open_console(page, base)
+    expect(row(page, "ratelimit")).to_have_attribute("data-ok", "true", timeout=WAIT_MS)
+
+    statuses = [httpx.get(base + "/api/sth/latest", timeout=10).status_code for _ in range(14)]
+    assert 429 in statuses
+    expect(row(page, "ratelimit")).to_have_attribute("data-ok", "false", timeout=WAIT_MS)
+    expect(row(page, "ratelimit")).to_contain_text("Runbook")
+    expect(row(page, "ratelimit")).to_have_attribute("data-ok", "true", timeout=WAIT_MS)  # window passed
+
+    # Nothing is logged: STH 0 grows older than 6 s and the row says so, with its remedy.
+    expect(row(page, "sth")).to_have_attribute("data-ok", "false", timeout=WAIT_MS)
+    expect(row(page, "sth")).to_contain_text("Check STH chain")
+    add_device(base)  # a registration signs a new tree head
+    expect(row(page, "sth")).to_have_attribute("data-ok", "true", timeout=WAIT_MS)
+    expect(row(page, "sth")).to_contain_text("STH #1")
+    expect(page.locator("#registrations tbody tr")).to_have_count(1, timeout=WAIT_MS)
+    assert not [e for e in page.errors if "Content Security Policy" in e]  # type: ignore[attr-defined]
+
+
+def test_slow_health_through_the_proxy_turns_red_then_green(page: Page, make_server: ServerFactory,
+                                                             tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = make_server({"NEXO_CONSOLE_TOKEN": TOKEN})
+    with fault_proxy(server.base_url, "none", tmp_path / "proxy.log") as url:
+        open_console(page, url)
+        expect(row(page, "health")).to_have_attribute("data-ok", "true", timeout=WAIT_MS)
+        httpx.put(url + "/__proxy/fault/health_slow", timeout=10).raise_for_status()
+        expect(row(page, "health")).to_have_attribute("data-ok", "false", timeout=WAIT_MS)
+        expect(row(page, "health")).to_contain_text("Health Response Time > 200ms")
+        page.screenshot(path=str(tmp_path / "red.png"))
+        httpx.put(url + "/__proxy/fault/none", timeout=10).raise_for_status()
+        expect(row(page, "health")).to_have_attribute("data-ok", "true", timeout=WAIT_MS)
+
+
+def test_pages_have_a_strict_policy_and_revalidate(make_server: ServerFactory) -> None:
+    server = make_server()
+    page = httpx.get(server.base_url + "/", timeout=10)
+    assert page.status_code == 200
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "connect-src 'self'" in policy and "unsafe" not in policy
+    assert page.headers["cache-control"] == "no-cache"
+    again = httpx.get(server.base_url + "/", headers={"If-None-Match": page.headers["etag"]}, timeout=10)
+    assert again.status_code == 304 and again.content == b""
+    assert httpx.get(server.base_url + "/static/style.css", timeout=10).headers["content-type"].startswith(
+        "text/css")
+    for bad in ("/static/../config.py", "/static/nope.js", "/static/%2e%2e/app.py"):
+        assert httpx.get(server.base_url + bad, timeout=10).status_code == 404
+    # The API keeps its own, stricter policy.
+    assert httpx.get(server.base_url + "/api/health", timeout=10).headers[
+        "content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
