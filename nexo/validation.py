@@ -6,15 +6,18 @@ Bodies are strict: unknown fields are refused, types are not coerced
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sanic import Request
+from sanic_ext import openapi
 
 from nexo.errors import BadRequest, ErrorCode, ValidationFailed
 from nexo.text import has_lone_surrogate, may_hold_escapes
 
 M = TypeVar("M", bound=BaseModel)
+H = TypeVar("H", bound=Callable[..., Any])
 
 #: Largest value of every integer parameter: the databases' BIGINT (seq, indexes, sizes).
 INT64_MAX = 2**63 - 1
@@ -78,3 +81,33 @@ def parse_query(request: Request, model: type[M]) -> M:
     except ValidationError as exc:
         message, problems = describe(exc)
         raise BadRequest(message, code="invalid_parameter", details={"fields": problems}) from None
+
+
+def _openapi_schema(field: dict[str, Any]) -> Any:
+    """The OpenAPI schema of one pydantic JSON-schema property (integers are int64)."""
+    wanted = ("minimum", "maximum", "default", "minLength", "maxLength", "pattern")
+    keep = {key: field[key] for key in wanted if key in field}
+    if field.get("type") == "integer":
+        return openapi.Long(**keep)
+    return openapi.String(**keep)
+
+
+def query_parameters(model: type[BaseModel]) -> Callable[[H], H]:
+    """Declare every field of a :class:`Query` model as an OpenAPI query parameter, with its
+    type and bounds: the model that validates the query is the one place they are written."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+
+    def decorate(handler: H) -> H:
+        for name, field in schema["properties"].items():
+            declare = openapi.parameter(name, _openapi_schema(field), "query", required=name in required)
+            handler = declare(handler)
+        return handler
+
+    return decorate
+
+
+def path_parameter(name: str, schema: Any, description: str) -> Callable[[H], H]:
+    """Declare a path parameter with its real type and bounds (the route itself takes ``str``
+    so that a malformed value gets Nexo's JSON error, not Sanic's 404)."""
+    return openapi.parameter(name, schema, "path", required=True, description=description)

@@ -118,6 +118,11 @@ class AuthService:
 
     async def login(self, username: str, password: str, address: str) -> TokenPair:
         name = username.strip().lower()[:64]
+        if not USERNAME_RE.fullmatch(name):
+            # No account can have this name, so there is nothing to guess or lock out; and it
+            # may not fit the columns (or, with U+0000, PostgreSQL text) the lockout writes.
+            FAILED_LOGINS.labels("unknown_user").inc()
+            raise Unauthorized("invalid username or password", code=ErrorCode.INVALID_CREDENTIALS)
         now = now_utc()
         window = timedelta(seconds=self.settings.login_lockout_window)
         slot = await repository.reserve_login_attempt(

@@ -105,7 +105,9 @@ class TokenService:
 
     def _verify(self, token: str) -> AccessClaims:
         """Everything but expiry, which :meth:`verify_access` checks on every use."""
-        if not token or token.count(".") != 2:
+        if not token or token.count(".") != 2 or not token.isascii():
+            # A JWT is base64url and dots; anything else (a surrogate, a byte over 0x7f in the
+            # header) would fail to encode inside PyJWT instead of failing verification.
             raise InvalidToken("the token is not a JWT")
         try:
             header = jwt.get_unverified_header(token)

@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from nexo.auth import repository as users
+from nexo.auth.service import USERNAME_RE
 from nexo.devices import repository
 from nexo.devices.models import Device
 from nexo.devices.repository import NewDevice, Revocation
@@ -242,7 +243,9 @@ async def list_mine(user_id: int) -> list[dict[str, Any]]:
 
 
 async def list_for_username(username: str) -> list[dict[str, Any]]:
-    user = await users.get_by_username(username)
+    name = username.lower()
+    # A name no account can have is unknown without a query (it may not fit the column).
+    user = await users.get_by_username(name) if USERNAME_RE.fullmatch(name) else None
     if user is None:
         raise NotFound(f"no user {username!r}", code=DeviceErrorCode.USER_NOT_FOUND)
     return [public_device_json(device) for device in await repository.active_for_user(user.id)]

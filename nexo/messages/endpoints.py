@@ -14,7 +14,7 @@ from nexo.errors import NotFound, ValidationFailed
 from nexo.messages import service
 from nexo.messages.service import MessageWriter, RecipientCache, UnknownRecipient
 from nexo.realtime.protocol import FrameError, normalize_message_id
-from nexo.validation import INT64_MAX, Body, Query, parse_body, parse_query
+from nexo.validation import INT64_MAX, Body, Query, parse_body, parse_query, query_parameters
 
 bp = Blueprint("messages", url_prefix="/api")
 
@@ -112,8 +112,7 @@ async def send_message(request: Request) -> HTTPResponse:
 
 @bp.get("/messages")
 @openapi.summary("The caller's messages (sent and received) with seq > since, ascending")
-@openapi.parameter("since", int, "query")
-@openapi.parameter("limit", int, "query")
+@query_parameters(ListQuery)
 @openapi.response(200, {"application/json": MessageList}, "messages")
 @openapi.secured("bearer")
 @authenticated

@@ -63,6 +63,22 @@ class Unauthenticated(Exception):
 
 
 @bp.on_request
+def opaque_header_bytes(request: Request) -> None:
+    """Let the handshake see every header, so a malformed ``Authorization`` is a 4401, not a 500.
+
+    Sanic reads header bytes as UTF-8 (surrogate-escaping the rest); the websockets
+    handshake refuses such values. Re-read as ISO-8859-1, RFC 9110 §5.5's opaque
+    ``obs-text``, they pass the handshake and then fail token verification.
+    """
+    headers = request.headers
+    for name in {key for key, value in headers.items() if not value.isascii()}:
+        values = headers.getall(name)
+        del headers[name]
+        for value in values:
+            headers.add(name, value.encode("utf-8", "surrogateescape").decode("latin-1"))
+
+
+@bp.on_request
 async def mark_push_cursor(request: Request) -> None:
     """Before the handshake: the newest seq now. Every message committed after it (after the
     client sees the connection open) reaches this connection, by push or by catch-up."""

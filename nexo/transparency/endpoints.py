@@ -21,7 +21,7 @@ from nexo.transparency import sth as sth_mod
 from nexo.transparency.keys import load_signing_key
 from nexo.transparency.sequencer import Sequencer, ensure_genesis
 from nexo.transparency.service import LogErrorCode
-from nexo.validation import Query, parse_query
+from nexo.validation import INT64_MAX, Query, parse_query, path_parameter, query_parameters
 
 bp = Blueprint("transparency", url_prefix="/api")
 
@@ -74,23 +74,23 @@ class LogKey(BaseModel):
 
 
 class PageQuery(Query):
-    start: int = Field(default=0, ge=0)
-    limit: int = Field(default=100, ge=1)
+    start: int = Field(default=0, ge=0, le=INT64_MAX)
+    limit: int = Field(default=100, ge=1, le=INT64_MAX)  # over 1000: 400 limit_exceeded (service)
 
 
 class EntriesQuery(Query):
-    start: int = Field(ge=0)
-    end: int = Field(ge=0)
+    start: int = Field(ge=0, le=INT64_MAX)
+    end: int = Field(ge=0, le=INT64_MAX)
 
 
 class InclusionQuery(Query):
-    leaf_index: int = Field(ge=0)
-    tree_size: int = Field(ge=1)
+    leaf_index: int = Field(ge=0, le=INT64_MAX)
+    tree_size: int = Field(ge=1, le=INT64_MAX)
 
 
 class ConsistencyQuery(Query):
-    first: int = Field(ge=0)
-    second: int = Field(ge=0)
+    first: int = Field(ge=0, le=INT64_MAX)
+    second: int = Field(ge=0, le=INT64_MAX)
 
 
 async def prepare(settings: Settings) -> None:
@@ -136,17 +136,17 @@ async def sth_latest(request: Request) -> HTTPResponse:
 
 @bp.get("/sth/<index:str>")
 @openapi.summary("One signed tree head by index")
+@path_parameter("index", openapi.Long(minimum=0, maximum=INT64_MAX), "STH index, 0 is the empty tree")
 @openapi.response(200, {"application/json": STHModel})
 async def sth_by_index(request: Request, index: str) -> HTTPResponse:
-    if not index.isdecimal() or len(index) > 19:
+    if not (index.isascii() and index.isdecimal() and len(index) <= 19 and int(index) <= INT64_MAX):
         raise BadRequest(f"STH index {index!r} is not a whole number", code=LogErrorCode.INVALID_PARAMETER)
     return _json((await service.sth_at(int(index))).to_json())
 
 
 @bp.get("/sth")
 @openapi.summary("Signed tree heads in index order, at most 1000")
-@openapi.parameter("start", int, "query")
-@openapi.parameter("limit", int, "query")
+@query_parameters(PageQuery)
 @openapi.response(200, {"application/json": STHList})
 async def sth_list(request: Request) -> HTTPResponse:
     query = parse_query(request, PageQuery)
@@ -155,8 +155,7 @@ async def sth_list(request: Request) -> HTTPResponse:
 
 @bp.get("/log/entries")
 @openapi.summary("Leaves start..end (end inclusive, as RFC 6962 get-entries), at most 1000")
-@openapi.parameter("start", int, "query", required=True)
-@openapi.parameter("end", int, "query", required=True)
+@query_parameters(EntriesQuery)
 @openapi.response(200, {"application/json": EntryList})
 async def log_entries(request: Request) -> HTTPResponse:
     query = parse_query(request, EntriesQuery)
@@ -165,8 +164,7 @@ async def log_entries(request: Request) -> HTTPResponse:
 
 @bp.get("/log/proof/inclusion")
 @openapi.summary("Inclusion proof of a leaf in the tree of a given size (RFC 9162 §2.1.3)")
-@openapi.parameter("leaf_index", int, "query", required=True)
-@openapi.parameter("tree_size", int, "query", required=True)
+@query_parameters(InclusionQuery)
 @openapi.response(200, {"application/json": InclusionProof})
 async def proof_inclusion(request: Request) -> HTTPResponse:
     query = parse_query(request, InclusionQuery)
@@ -175,8 +173,7 @@ async def proof_inclusion(request: Request) -> HTTPResponse:
 
 @bp.get("/log/proof/consistency")
 @openapi.summary("Consistency proof between two tree sizes (RFC 9162 §2.1.4)")
-@openapi.parameter("first", int, "query", required=True)
-@openapi.parameter("second", int, "query", required=True)
+@query_parameters(ConsistencyQuery)
 @openapi.response(200, {"application/json": ConsistencyProof})
 async def proof_consistency(request: Request) -> HTTPResponse:
     query = parse_query(request, ConsistencyQuery)
