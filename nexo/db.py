@@ -23,6 +23,7 @@ from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import BaseORMException
 
+from nexo import ids
 from nexo.config import Settings
 
 log = logging.getLogger("nexo.db")
@@ -210,6 +211,8 @@ async def push_schema() -> int:
     """
     conn = connection()
     await Tortoise.generate_schemas(safe=True)
+    # Also repairs a database imported before exports carried id high-water marks.
+    await ids.raise_sequences(conn)
     await conn.execute_script(
         "CREATE TABLE IF NOT EXISTS nexo_schema (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)"
     )

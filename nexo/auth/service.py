@@ -37,8 +37,12 @@ log = logging.getLogger("nexo.auth")
 
 USERNAME_RE = re.compile(r"^[a-z0-9_.-]{3,32}$")
 
-#: Run by ``DELETE /api/me`` before the user row goes: ``async hook(user_id)``.
-ACCOUNT_DELETION_HOOKS: list[Callable[[int], Awaitable[None]]] = []
+#: Run by ``DELETE /api/me`` before the user row goes: ``async hook(user_id, username)``.
+ACCOUNT_DELETION_HOOKS: list[Callable[[int, str], Awaitable[None]]] = []
+#: Run by ``DELETE /api/me`` once the deletion is committed: ``async hook(user_id, username)``.
+#: From then on nothing new can be attached to the user (device registrations are refused,
+#: ids are never reused), so these hooks see everything that ever will be.
+ACCOUNT_DELETED_HOOKS: list[Callable[[int, str], Awaitable[None]]] = []
 
 FAILED_LOGINS = Counter("nexo_failed_logins_total", "Failed login attempts", ["reason"])
 LOCKED_OUT = Counter("nexo_login_lockouts_total", "Logins refused because of too many failures")
@@ -206,8 +210,13 @@ class AuthService:
                 log.exception("a session-ended listener failed")
 
     async def delete_account(self, user_id: int) -> None:
+        user = await repository.get_by_id(user_id)
+        if user is None:
+            return
         for hook in ACCOUNT_DELETION_HOOKS:
-            await hook(user_id)
+            await hook(user_id, user.username)
         await repository.delete_user(user_id)
         self._ended(user_id, None)
+        for hook in ACCOUNT_DELETED_HOOKS:
+            await hook(user_id, user.username)
         log.info("deleted user id %s", user_id)

@@ -10,7 +10,7 @@ from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 
 from nexo.auth.guard import authenticated
-from nexo.auth.service import ACCOUNT_DELETION_HOOKS
+from nexo.auth.service import ACCOUNT_DELETED_HOOKS, ACCOUNT_DELETION_HOOKS
 from nexo.devices import service
 from nexo.transparency.endpoints import STHModel
 from nexo.validation import Body, parse_body
@@ -73,17 +73,21 @@ def setup(app: Sanic) -> None:
         sequencer = app.ctx.sequencer
         service.register_writers(sequencer)
 
-        async def revoke_devices_of(user_id: int) -> None:
-            await service.revoke_all(sequencer, user_id)
+        async def revoke_devices_of(user_id: int, username: str) -> None:
+            await service.revoke_all(sequencer, user_id, username)
 
+        # Before the deletion, and again after it: a registration that was claimed just
+        # before the user row went is committed by then (RegisterWriter.claim) and revoked.
         app.ctx.device_deletion_hook = revoke_devices_of
         ACCOUNT_DELETION_HOOKS.append(revoke_devices_of)
+        ACCOUNT_DELETED_HOOKS.append(revoke_devices_of)
 
     @app.after_server_stop
     async def unregister_hook(app: Sanic) -> None:
         hook = getattr(app.ctx, "device_deletion_hook", None)
-        if hook in ACCOUNT_DELETION_HOOKS:
-            ACCOUNT_DELETION_HOOKS.remove(hook)
+        for hooks in (ACCOUNT_DELETION_HOOKS, ACCOUNT_DELETED_HOOKS):
+            if hook in hooks:
+                hooks.remove(hook)
 
 
 def _logged(body: dict[str, Any], status: int) -> HTTPResponse:

@@ -39,7 +39,20 @@ class RegisterWriter:
     """Inserts the devices of a batch of registration leaves."""
 
     async def claim(self, conn: BaseDBAsyncClient, payloads: list[NewDevice]) -> list[bool]:
-        return [True] * len(payloads)
+        """Only devices whose owner still exists, so a registration racing ``DELETE /api/me``
+        never leaves an active key for a deleted user.
+
+        PostgreSQL: ``FOR SHARE`` holds the owners' rows until the batch commits, so the
+        deletion's ``DELETE FROM users`` waits for it, and the revocation that follows the
+        deletion (``nexo.devices.service.revoke_all``) sees the new device. SQLite: the
+        sequencer's transaction holds the one write lock.
+        """
+        owners = sorted({new.user_id for new in payloads})
+        lock = " FOR SHARE" if conn.capabilities.dialect == "postgres" else ""
+        query = f"SELECT id FROM users WHERE id IN ({','.join('?' * len(owners))}){lock}"
+        _, rows = await conn.execute_query(db.sql_for(query, conn), owners)
+        alive = {int(row[0]) for row in rows}
+        return [new.user_id in alive for new in payloads]
 
     async def write(self, conn: BaseDBAsyncClient, items: list[tuple[NewDevice, int]]) -> None:
         # By hand: building a Device model per row cost more than the insert itself.

@@ -27,7 +27,7 @@ from nexo.auth.service import USERNAME_RE
 from nexo.devices import repository
 from nexo.devices.models import Device
 from nexo.devices.repository import NewDevice, Revocation
-from nexo.errors import BadRequest, Conflict, NotFound
+from nexo.errors import BadRequest, Conflict, ErrorCode, NotFound, Unauthorized
 from nexo.timefmt import utc_iso
 from nexo.transparency.sequencer import Rejected, Sequenced, Sequencer
 from nexo.transparency.sth import b64
@@ -170,7 +170,11 @@ async def register(
             "timestamp_ms": now_ms,
         }
     )
-    sequenced = await sequencer.submit(REGISTER_KIND, new, leaf)
+    try:
+        sequenced = await sequencer.submit(REGISTER_KIND, new, leaf)
+    except Rejected:
+        # The account was deleted while the registration waited (RegisterWriter.claim).
+        raise Unauthorized("the account has been deleted", code=ErrorCode.INVALID_TOKEN) from None
     device = {
         "id": str(new.id),
         "name": new.name,
@@ -221,10 +225,8 @@ async def revoke(sequencer: Sequencer, user_id: int, username: str, device_id: u
     return LoggedChange(device_json(refreshed or device), sequenced)
 
 
-async def revoke_all(sequencer: Sequencer, user_id: int) -> int:
+async def revoke_all(sequencer: Sequencer, user_id: int, username: str) -> int:
     """Revoke every active device of a user (account deletion); they share one STH."""
-    user = await users.get_by_id(user_id)
-    username = user.username if user is not None else ""
     devices = await repository.active_for_user(user_id)
 
     async def one(device: Device) -> bool:

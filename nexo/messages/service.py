@@ -398,6 +398,11 @@ class RecipientCache:
         self._ids[name] = (user_id, now + self.ttl)
         return user_id
 
+    def forget(self, user_id: int) -> None:
+        """Drop every name cached for ``user_id`` (its account was deleted, here or elsewhere)."""
+        for name in [name for name, (cached_id, _) in self._ids.items() if cached_id == user_id]:
+            del self._ids[name]
+
     def cached(self, username: str) -> int | None:
         """The cached id without I/O, or ``None`` if a lookup is needed."""
         hit = self._ids.get(username.lower())

@@ -3,7 +3,10 @@
 File format (gzip of UTF-8 JSON lines):
 
 1. a header ``{"format": "nexo-export", "format_version": 1, "schema_version",
-   "source", "exported_at", "tables": {table: {"model", "columns", "rows", "sha256"}}}``;
+   "source", "exported_at", "tables": {table: {"model", "columns", "rows", "sha256"}},
+   "id_high_water": {table: largest id ever handed out}}`` (``nexo/ids.py``: import
+   makes new ids continue after it, so a deleted account's id is never reused; an
+   export without it falls back to the largest ids it holds);
 2. one line per row, ``{"t": table, "r": {column: value}}``, tables in
    dependency order, rows in primary-key order.
 
@@ -42,6 +45,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
+from nexo import ids
 from nexo.config import Settings
 from nexo.db import SCHEMA_VERSION, close_db, connection, dialect, init_db
 
@@ -217,6 +221,7 @@ async def export_database(out: Path, progress: Progress) -> dict[str, Any]:
         async with snapshot() as conn:
             schema_rows = await conn.execute_query_dict("SELECT version FROM nexo_schema WHERE id = 1")
             schema_version = int(schema_rows[0]["version"]) if schema_rows else SCHEMA_VERSION
+            id_high_water = await ids.high_waters(conn)
             for info in infos:
                 total = await info.model.all().using_db(conn).count()
                 async for batch in read_rows(info, conn):
@@ -242,6 +247,7 @@ async def export_database(out: Path, progress: Progress) -> dict[str, Any]:
                 }
                 for info in infos
             },
+            "id_high_water": id_high_water,
         }
         body.seek(0)
         partial = out.with_name(out.name + ".partial")
@@ -359,22 +365,6 @@ async def _clear(infos: list[TableInfo], conn: BaseDBAsyncClient) -> None:
             await conn.execute_script(f'DELETE FROM "{info.table}"')
 
 
-async def _reset_sequences(infos: list[TableInfo], conn: BaseDBAsyncClient) -> None:
-    """PostgreSQL: make serial columns continue after the imported ids."""
-    if dialect() != "postgres":
-        return  # SQLite's rowid / AUTOINCREMENT already follows the largest id
-    for info in infos:
-        meta = info.model._meta
-        if not meta.pk.generated:
-            continue
-        column = meta.db_pk_column
-        await conn.execute_query(
-            f"SELECT setval(pg_get_serial_sequence('\"{info.table}\"', '{column}'), "
-            f'COALESCE((SELECT MAX("{column}") FROM "{info.table}"), 1), '
-            f'(SELECT MAX("{column}") FROM "{info.table}") IS NOT NULL)'
-        )
-
-
 async def _insert(info: TableInfo, rows: list[dict[str, Any]], conn: BaseDBAsyncClient) -> None:
     fields_map = info.model._meta.fields_map
     by_column = {column: name for name, column in info.columns.items()}
@@ -432,13 +422,21 @@ async def import_database(path: Path, header: dict[str, Any], force: bool, progr
             if current is not None:
                 await _insert(by_table[current], pending, conn)
                 progress.done(current, done + len(pending))
-            await _reset_sequences(infos, conn)
+            # New ids continue after every id the source ever handed out, deleted or not.
+            await ids.raise_sequences(conn, _id_floors(header))
             problems = await _verify_database(infos, exported, conn)
             if problems:
                 raise TransferError("imported data differs from the export: " + "; ".join(problems))
     finally:
         for field_obj in auto_now:
             field_obj.auto_now = True  # type: ignore[attr-defined]
+
+
+def _id_floors(header: dict[str, Any]) -> dict[str, int]:
+    marks = header.get("id_high_water")
+    if not isinstance(marks, dict):
+        return {}  # an export made before marks were recorded
+    return {str(table): int(mark) for table, mark in marks.items() if isinstance(mark, int)}
 
 
 async def _verify_database(

@@ -12,7 +12,9 @@ awaited before the batch it signals is acked. Three kinds:
   dedicated asyncpg connection (NOTIFY is per database).
 
 A payload is ``<origin>|<id>,<id>,...``; a process ignores its own signals
-(it pushed those messages itself, straight from the writer).
+(it pushed those messages itself, straight from the writer). On the same channel,
+``<origin>|deleted:<id>`` says "account <id> was deleted": every other process drops
+the names it caches for that id (:attr:`LocalBroker.on_user_deleted`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,23 @@ def encode(origin: str, user_ids: Iterable[int]) -> list[str]:
     return payloads
 
 
+#: The ids part of an account-deletion signal starts with this.
+DELETED_PREFIX = "deleted:"
+
+
+def deleted_user(payload: str | bytes, own_origin: str) -> int | None:
+    """The user id of another process's account-deletion signal, else ``None``."""
+    if isinstance(payload, bytes):
+        payload = payload.decode(errors="replace")
+    origin, _, rest = payload.partition("|")
+    if origin == own_origin or not rest.startswith(DELETED_PREFIX):
+        return None
+    try:
+        return int(rest.removeprefix(DELETED_PREFIX))
+    except ValueError:
+        return None
+
+
 def decode(payload: str | bytes, own_origin: str) -> list[int]:
     """User ids of a payload from another process; [] for our own or a malformed one."""
     if isinstance(payload, bytes):
@@ -81,12 +100,18 @@ class LocalBroker:
 
     def __init__(self) -> None:
         self.origin = uuid.uuid4().hex
+        #: Called with the user id of an account another process deleted.
+        self.on_user_deleted: Callable[[int], None] = lambda user_id: None
 
     async def start(self, on_signal: Handler, on_reconnect: Callable[[], None]) -> None:
         return None
 
     def publish(self, user_ids: set[int]) -> asyncio.Future[None] | None:
         """Signal other processes; a future done once the signal left (None: nothing to wait for)."""
+        return None
+
+    def publish_deleted(self, user_id: int) -> None:
+        """Tell every other process that account ``user_id`` is gone (one process: nobody)."""
         return None
 
     async def close(self) -> None:
@@ -127,7 +152,15 @@ class _RemoteBroker(LocalBroker):
         self._outgoing.put_nowait((payloads[-1], done))  # published in order: the last one is done last
         return done
 
+    def publish_deleted(self, user_id: int) -> None:
+        self._outgoing.put_nowait(f"{self.origin}|{DELETED_PREFIX}{user_id}")
+
     def _received(self, payload: str | bytes) -> None:
+        deleted = deleted_user(payload, self.origin)
+        if deleted is not None:
+            SIGNALS_RECEIVED.inc()
+            self.on_user_deleted(deleted)
+            return
         ids = decode(payload, self.origin)
         if ids:
             SIGNALS_RECEIVED.inc()

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from nexo.auth import repository as auth_repository
 from nexo.auth.guard import Principal, bearer_token, principal_for_token
+from nexo.auth.service import ACCOUNT_DELETED_HOOKS
 from nexo.config import Settings
 from nexo.errors import NexoError
 from nexo.messages import repository, service
@@ -105,12 +106,21 @@ def setup(app: Sanic) -> None:
         app.ctx.auth.session_listeners.append(
             lambda user_id, session_id: hub.end_sessions(user_id, session_id, ENDED)
         )
+        recipients: RecipientCache = app.ctx.recipients
+        broker.on_user_deleted = recipients.forget
         try:
             await broker.start(hub.signal, hub.signal_everyone)
         except Exception as exc:
             # Pushes across processes are late until it answers; sync still repairs.
             log.error("broker (%s) did not start: %r; cross-process push is off", broker.kind, exc)
             app.ctx.broker = LocalBroker()
+
+        async def forget_deleted(user_id: int, username: str) -> None:
+            recipients.forget(user_id)
+            app.ctx.broker.publish_deleted(user_id)
+
+        app.ctx.recipient_deletion_hook = forget_deleted
+        ACCOUNT_DELETED_HOOKS.append(forget_deleted)
 
     @app.before_server_stop
     async def stop_realtime(app: Sanic) -> None:
@@ -124,6 +134,8 @@ def setup(app: Sanic) -> None:
         await hub.stop()
         broker: LocalBroker = app.ctx.broker
         await broker.close()
+        if app.ctx.recipient_deletion_hook in ACCOUNT_DELETED_HOOKS:
+            ACCOUNT_DELETED_HOOKS.remove(app.ctx.recipient_deletion_hook)
 
 
 @bp.websocket("/ws")
