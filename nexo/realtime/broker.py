@@ -153,7 +153,7 @@ class _RemoteBroker(LocalBroker):
         return done
 
     def publish_deleted(self, user_id: int) -> None:
-        self._outgoing.put_nowait(f"{self.origin}|{DELETED_PREFIX}{user_id}")
+        self._outgoing.put_nowait((f"{self.origin}|{DELETED_PREFIX}{user_id}", None))
 
     def _received(self, payload: str | bytes) -> None:
         deleted = deleted_user(payload, self.origin)
