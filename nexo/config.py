@@ -79,6 +79,8 @@ class Settings:
     ws_push_sweep_seconds: float = 2.0
     #: Seconds a connection may leave a write pending (the client does not read) before it is dropped.
     ws_write_timeout: float = 30.0
+    sth_interval: float = 0.05
+    sth_max_age: float = 300.0
     workers: int = 1
     metrics_token: str | None = None
     console_token: str | None = None
@@ -180,6 +182,8 @@ class Settings:
             ws_write_timeout=_seconds(env, "NEXO_WS_WRITE_TIMEOUT", 30.0, minimum=0.1, maximum=3600.0),
             workers=workers,
             ws_push_sweep_seconds=_seconds(env, "NEXO_WS_PUSH_SWEEP_SECONDS", 2.0, minimum=0.1, maximum=60.0),
+            sth_interval=_seconds(env, "NEXO_STH_INTERVAL", 0.05, minimum=0.0, maximum=60.0),
+            sth_max_age=_seconds(env, "NEXO_STH_MAX_AGE", 300.0, minimum=1.0, maximum=30 * 24 * 3600.0),
             metrics_token=env.get("NEXO_METRICS_TOKEN") or None,
             console_token=console_token,
             console_sth_max_age=_int(env, "NEXO_CONSOLE_STH_MAX_AGE", 3600, minimum=1),
@@ -201,6 +205,11 @@ class Settings:
         for path in (self.tls_cert, self.tls_key):
             if path is not None and not path.is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
+        if self.sth_max_age <= self.sth_interval:
+            raise ConfigError(
+                f"NEXO_STH_MAX_AGE ({self.sth_max_age:g} s) must be longer than NEXO_STH_INTERVAL "
+                f"({self.sth_interval:g} s)"
+            )
         if self.workers > 1 and self.database_kind == "sqlite":
             raise ConfigError(
                 f"SQLite serves one worker process; {self.workers} workers were asked for. "

@@ -4,6 +4,10 @@ A background task reads the maintained counters (``nexo.counters``) every
 ``REFRESH_SECONDS``; the endpoint only formats that snapshot, so it costs no
 database work however large the tables grow. When the last successful read is
 older than ``STALE_SECONDS`` the service reports ``degraded`` with 503.
+
+The latest STH older than ``NEXO_STH_MAX_AGE`` plus ``STH_AGE_GRACE_SECONDS``
+(the heartbeat should have renewed it) adds an ``sth_stale`` warning: the log
+looks frozen to a monitor, though the service still answers (200).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ log = logging.getLogger("nexo.health")
 REFRESH_SECONDS = 0.25
 STALE_SECONDS = 2.0
 QUERY_TIMEOUT = 1.0
+#: Slack on ``NEXO_STH_MAX_AGE`` before health warns (the heartbeat needs a lock and a commit).
+STH_AGE_GRACE_SECONDS = 10.0
 
 bp = Blueprint("health", url_prefix="/api")
 
@@ -35,6 +41,7 @@ class HealthMonitor:
     """Holds the latest counter snapshot and refreshes it off the request path."""
 
     database: str
+    sth_max_age: float = 300.0
     values: dict[str, int] = field(default_factory=dict)
     last_ok: float = 0.0
     last_error: str | None = None
@@ -79,7 +86,17 @@ class HealthMonitor:
         if self.values.get("sths"):
             body["sth_latest_index"] = self.values["sths"] - 1
             if latest_ms:
-                body["sth_latest_age_seconds"] = round(max(0.0, now.timestamp() - latest_ms / 1000), 3)
+                age = max(0.0, now.timestamp() - latest_ms / 1000)
+                body["sth_latest_age_seconds"] = round(age, 3)
+                body["sth_max_age_seconds"] = self.sth_max_age
+                if age > self.sth_max_age + STH_AGE_GRACE_SECONDS:
+                    body["warnings"] = [
+                        {
+                            "code": "sth_stale",
+                            "message": f"the latest STH is {age:.0f} s old; the heartbeat should renew it "
+                            f"every {self.sth_max_age:g} s (NEXO_STH_MAX_AGE)",
+                        }
+                    ]
         if not healthy:
             body["error"] = {"code": "database_unavailable", "message": "the database does not answer"}
         return (200 if healthy else 503), body
@@ -90,7 +107,9 @@ def setup(app: Sanic) -> None:
 
     @app.before_server_start
     async def start_health(app: Sanic) -> None:
-        monitor = HealthMonitor(database=app.ctx.settings.database_kind)
+        monitor = HealthMonitor(
+            database=app.ctx.settings.database_kind, sth_max_age=app.ctx.settings.sth_max_age
+        )
         await monitor.refresh()
         monitor.start()
         app.ctx.health = monitor

@@ -133,10 +133,14 @@ class Doctor:
         index = int(latest.json()["index"])
         if index != count - 1:
             return Check("", False, f"latest STH index {index} but sth_count {count}")
+        stale = [w["message"] for w in health.get("warnings", []) if w.get("code") == "sth_stale"]
+        if stale:
+            return Check("", False, f"latest index {index}; {stale[0]}")
         problems = await self._audit()
         if problems:
             return Check("", False, f"latest index {index}; audit: {problems}")
-        return Check("", True, f"latest index {index} = sth_count - 1; audit clean")
+        age = health.get("sth_latest_age_seconds")
+        return Check("", True, f"latest index {index} = sth_count - 1, {age} s old; audit clean")
 
     async def _audit(self) -> str | None:
         """Run the transparency audit against the URL; ``None`` when clean."""

@@ -16,7 +16,7 @@ from sanic_ext import openapi
 
 from nexo.config import ConfigError, Settings
 from nexo.errors import BadRequest
-from nexo.transparency import repository, service
+from nexo.transparency import repository, service, tlog_endpoints
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.keys import load_signing_key
 from nexo.transparency.sequencer import Sequencer, ensure_genesis
@@ -107,13 +107,14 @@ async def prepare(settings: Settings) -> None:
 
 def setup(app: Sanic) -> None:
     app.blueprint(bp)
+    app.blueprint(tlog_endpoints.bp)
 
     @app.before_server_start
     async def start_sequencer(app: Sanic) -> None:
         settings: Settings = app.ctx.settings
         key = load_signing_key(settings, await repository.latest_sth())
         app.ctx.log_public_key = sth_mod.public_key_bytes(key)
-        app.ctx.sequencer = Sequencer(key)
+        app.ctx.sequencer = Sequencer(key, interval=settings.sth_interval, max_age=settings.sth_max_age)
         app.ctx.sequencer.start()
 
     @app.before_server_stop
@@ -192,5 +193,5 @@ async def log_key(request: Request) -> HTTPResponse:
 @openapi.summary("The latest STH as a C2SP signed note")
 @openapi.response(200, {"text/plain": str})
 async def log_checkpoint(request: Request) -> HTTPResponse:
-    note = await service.checkpoint(request.app.ctx.log_public_key)
-    return text(note, headers=NO_CACHE, content_type="text/plain; charset=utf-8")
+    note, headers = await service.served_checkpoint(request.app.ctx.log_public_key)
+    return text(note, headers={**NO_CACHE, **headers}, content_type="text/plain; charset=utf-8")

@@ -212,3 +212,22 @@ async def leaves_at(indexes: Iterable[int]) -> dict[int, bytes]:
             )
         found.update({int(row[0]): bytes(row[1]) for row in rows})
     return found
+
+
+async def node_run(level: int, first: int, count: int) -> list[bytes]:
+    """The hashes of nodes ``(level, first) .. (level, first + count - 1)`` in order: one range read
+    by primary key (a tile). Missing nodes are left out, so a short list means "not stored"."""
+    rows = await _query(
+        "SELECT hash FROM log_nodes WHERE key >= ? AND key < ? ORDER BY key",
+        [node_key(level, first), node_key(level, first + count)],
+    )
+    return [bytes(row[0]) for row in rows]
+
+
+async def leaf_run(first: int, count: int) -> list[bytes]:
+    """Leaves ``first .. first + count - 1`` in order (an entry bundle), one range read."""
+    rows = await _query(
+        "SELECT leaf FROM log_leaves WHERE leaf_index >= ? AND leaf_index < ? ORDER BY leaf_index",
+        [first, first + count],
+    )
+    return [bytes(row[0]) for row in rows]

@@ -1,7 +1,16 @@
 """The sequencer: queued leaves become one new signed tree head per batch.
 
-There is no timer. Entries wait in a queue while a commit runs; as soon as it
-ends, everything that queued meanwhile goes into the next transaction:
+Cadence (issue 17): at most one STH per ``interval`` seconds
+(``NEXO_STH_INTERVAL``). Entries wait in a queue while a commit runs or until
+the latest STH is ``interval`` old; then everything queued goes into the next
+transaction. A registration that finds the log quiet (latest STH older than
+the interval) is sequenced at once, so the cadence adds no latency when idle.
+The bound holds across workers and instances: the age is that of the latest
+STH read *under the lock*; a sequencer that finds a younger one than it
+expected rolls back, keeps its queue and waits for its turn. When nothing is
+registered for ``max_age`` seconds (``NEXO_STH_MAX_AGE``) a *heartbeat* STH
+over the same tree is signed, so a monitor can tell a live log from a frozen
+one. Each batch's transaction:
 
 1. take the sequencer lock (PostgreSQL advisory lock, SQLite write lock) and
    read the latest STH *inside* it, so two STHs never share an index;
@@ -57,7 +66,15 @@ SEQUENCE_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
-MAX_BATCH = 1000
+HEARTBEATS = Counter(
+    "nexo_log_heartbeat_sths_total", "Signed tree heads over an unchanged tree (NEXO_STH_MAX_AGE)"
+)
+
+#: Leaves per STH at most; with ``interval`` this bounds one transaction (5,000 leaves
+#: every 50 ms is 100,000 registrations/s, far above what one worker serves).
+MAX_BATCH = 5000
+DEFAULT_INTERVAL = 0.05
+DEFAULT_MAX_AGE = 300.0
 #: Extra transactions one refused batch may spend isolating its bad entries.
 MAX_ISOLATION_COMMITS = 64
 
@@ -67,6 +84,14 @@ class SequencingFailed(ServiceUnavailable):
 
     def __init__(self) -> None:
         super().__init__("the log entry could not be sequenced; retry")
+
+
+class _TooEarly(Exception):
+    """Under the lock, the latest STH (another worker's) was younger than the interval."""
+
+    def __init__(self, timestamp_ms: int) -> None:
+        super().__init__(timestamp_ms)
+        self.timestamp_ms = timestamp_ms
 
 
 class Rejected(Exception):
@@ -108,9 +133,20 @@ class _Pending:
 
 
 class Sequencer:
-    def __init__(self, key: Ed25519PrivateKey, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        key: Ed25519PrivateKey,
+        *,
+        max_batch: int = MAX_BATCH,
+        interval: float = DEFAULT_INTERVAL,
+        max_age: float = DEFAULT_MAX_AGE,
+    ) -> None:
         self.key = key
         self.max_batch = max_batch
+        self.interval = interval
+        self.max_age = max_age
+        #: Wall-clock ms of the latest STH this sequencer knows of (``None``: not read yet).
+        self._latest_ms: int | None = None
         self.writers: dict[str, EntryWriter] = {}
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -147,13 +183,24 @@ class Sequencer:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            if not self._queue and not self._stopping:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._until_heartbeat())
+                except TimeoutError:
+                    await self._heartbeat_safely()
+                    continue
             self._wake.clear()
             while self._queue:
+                wait = self._until_due()
+                if wait > 0 and not self._stopping:
+                    await asyncio.sleep(wait)
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
                 try:
                     await self._commit_isolating(batch)
+                except _TooEarly as early:
+                    self._latest_ms = early.timestamp_ms
+                    self._queue[:0] = batch
                 except asyncio.CancelledError:
                     for pending in batch:
                         if not pending.future.done():
@@ -167,15 +214,55 @@ class Sequencer:
             if self._stopping:
                 return
 
+    def _until_due(self) -> float:
+        """Seconds until the next STH may be signed (``<= 0``: now)."""
+        if self._latest_ms is None:
+            return 0.0
+        # Capped: an STH stamped ahead of this clock (another instance's skew) costs one interval.
+        return min(self.interval, self._latest_ms / 1000 + self.interval - time.time())
+
+    def _until_heartbeat(self) -> float:
+        if self._latest_ms is None:
+            return 0.0
+        return max(0.0, self._latest_ms / 1000 + self.max_age - time.time())
+
+    async def _heartbeat_safely(self) -> None:
+        try:
+            await self._heartbeat()
+        except Exception:
+            log.exception("sequencer: the heartbeat STH failed; retrying in %g s", self.interval)
+            # Do not spin on a database that does not answer.
+            self._latest_ms = int((time.time() - self.max_age + max(self.interval, 1.0)) * 1000)
+
+    async def _heartbeat(self) -> None:
+        """Sign an STH over the unchanged tree if the latest is ``max_age`` old (any worker's)."""
+        async with in_transaction() as conn:
+            await repository.lock_sequencer(conn)
+            previous = await repository.latest_sth(conn)
+            if previous is None:
+                raise RuntimeError("the log has no STH 0: run `nexo db push` or start the server once")
+            now_ms = int(time.time() * 1000)
+            if now_ms - previous.timestamp_ms < self.max_age * 1000:
+                self._latest_ms = previous.timestamp_ms
+                return
+            head = sth_mod.next_head(previous, previous.tree_size, previous.root_hash, now_ms)
+            signed = sth_mod.sign(head, self.key)
+            await repository.add_sth(conn, signed)
+            await repository.bump_sth_counters(conn, signed)
+        self._latest_ms = signed.timestamp_ms
+        STHS_SIGNED.inc()
+        HEARTBEATS.inc()
+        log.info("heartbeat STH %d over the unchanged tree (%d leaves)", signed.index, signed.tree_size)
+
     async def _commit_isolating(self, batch: list[_Pending]) -> None:
         """Sequence ``batch``; if its transaction fails, its halves apart (module docstring)."""
         budget = MAX_ISOLATION_COMMITS
 
-        async def attempt(part: list[_Pending]) -> None:
+        async def attempt(part: list[_Pending], cadence: bool) -> None:
             nonlocal budget
             try:
-                written = await self._write(part)
-            except asyncio.CancelledError:
+                written = await self._write(part, cadence)
+            except (asyncio.CancelledError, _TooEarly):
                 raise
             except Exception as exc:
                 live = [pending for pending in part if not pending.future.done()]
@@ -188,8 +275,8 @@ class Sequencer:
                         str(exc)[:200],
                     )
                     middle = len(live) // 2
-                    await attempt(live[:middle])
-                    await attempt(live[middle:])
+                    await attempt(live[:middle], False)
+                    await attempt(live[middle:], False)
                     return
                 log.error("sequencer: %d entries could not be sequenced", len(live), exc_info=exc)
                 for pending in live:
@@ -198,18 +285,25 @@ class Sequencer:
             if written is not None:
                 await self._answer(*written)
 
-        await attempt(batch)
+        # Only the first attempt keeps the cadence: isolating a bad entry is the rare path.
+        await attempt(batch, not self._stopping)
 
     async def _write(
-        self, batch: list[_Pending]
+        self, batch: list[_Pending], cadence: bool = False
     ) -> tuple[list[_Pending], int, SignedTreeHead, list[bytes], dict[merkle.NodeId, bytes]] | None:
         """The transaction: ``(accepted, old size, new STH, leaf hashes, known nodes)``, or ``None``
-        when every entry was refused."""
+        when every entry was refused. With ``cadence``, raise :class:`_TooEarly` (rolling back)
+        when the latest STH is younger than the interval."""
         async with in_transaction() as conn:
             await repository.lock_sequencer(conn)
             previous = await repository.latest_sth(conn)
             if previous is None:
                 raise RuntimeError("the log has no STH 0: run `nexo db push` or start the server once")
+            # 1 ms of slack: timestamps are whole milliseconds. An STH stamped in this
+            # clock's future (skew between instances) does not hold the log back.
+            age_ms = time.time() * 1000 - previous.timestamp_ms
+            if cadence and 0 <= age_ms < self.interval * 1000 - 1:
+                raise _TooEarly(previous.timestamp_ms)
             accepted = await self._claim(conn, batch)
             if not accepted:
                 return None
@@ -245,6 +339,7 @@ class Sequencer:
     ) -> None:
         """After the commit: each caller gets its leaf, the STH and an inclusion proof."""
         new_size = signed.tree_size
+        self._latest_ms = signed.timestamp_ms
         self._remember_frontier(signed, known)
         STHS_SIGNED.inc()
         LEAVES_APPENDED.inc(len(accepted))

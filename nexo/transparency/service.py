@@ -23,6 +23,7 @@ class LogErrorCode(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     LIMIT_EXCEEDED = "limit_exceeded"
     LOG_UNAVAILABLE = "log_unavailable"
+    TILE_NOT_FOUND = "tile_not_found"
 
 
 def out_of_range(message: str) -> BadRequest:
@@ -125,5 +126,11 @@ def key_info(origin: str, public_key: bytes) -> dict[str, str]:
     }
 
 
-async def checkpoint(public_key: bytes) -> str:
-    return sth_mod.signed_note(await latest(), public_key)
+#: Header naming the STH index of the served checkpoint note.
+CHECKPOINT_INDEX_HEADER = "Nexo-Checkpoint-Index"
+
+
+async def served_checkpoint(public_key: bytes) -> tuple[str, dict[str, str]]:
+    """The checkpoint note to serve and its headers (which STH it is)."""
+    head = await latest()
+    return sth_mod.signed_note(head, public_key), {CHECKPOINT_INDEX_HEADER: str(head.index)}
