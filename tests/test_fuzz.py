@@ -37,7 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from contracts.client import Account
 from contracts.server import LocalServer
 from tests.conftest import server_factory
-from tests.realtime_support import FAST_ENV, account, next_frame, open_ws, send_frame
+from tests.realtime_support import FAST_ENV, account, close_code, next_frame, open_ws, send_frame
 
 EXAMPLES = int(os.environ.get("NEXO_FUZZ_EXAMPLES", "40"))
 INT64_MAX = 2**63 - 1
@@ -162,6 +162,17 @@ FRAME = st.one_of(
 )
 
 
+async def close_code_after(
+    server: LocalServer, token: str | None = None, frame: str | bytes | None = None
+) -> int | None:
+    """Open ``/ws`` (with ``token`` in the header, if any), send ``frame``; the server's close code."""
+    ws = await open_ws(server, token)
+    if frame is not None:
+        await ws.send(frame)
+    code, _ = await close_code(ws, 15)
+    return code
+
+
 class Probe:
     """One authenticated connection that follows every fuzzed frame with a ``sync`` round trip."""
 
@@ -224,17 +235,9 @@ def test_hypothesis_first_frames_get_4401_never_1011(fuzz_server: LocalServer) -
     problems: list[str] = []
 
     async def first_frame(frame: str | bytes) -> None:
-        ws = await open_ws(fuzz_server)
-        try:
-            await ws.send(frame)
-            await asyncio.wait_for(ws.recv(), 15)
-            problems.append(f"answered instead of closing: {frame!r}")
-        except ConnectionClosed as closed:
-            code = closed.rcvd.code if closed.rcvd else None
-            if code != 4401:
-                problems.append(f"closed {code} after {frame!r}")
-        finally:
-            await ws.close()
+        code = await close_code_after(fuzz_server, frame=frame)
+        if code != 4401:
+            problems.append(f"closed {code} after {frame!r}")
 
     try:
 
@@ -254,18 +257,8 @@ def test_hypothesis_first_frames_get_4401_never_1011(fuzz_server: LocalServer) -
     ["a.b.\xff", "a.b.\u00e9", "eyJhbGciOiJIUzI1NiJ9.e30.\xfe", "Bearer", "a.b", "..", str(uuid.uuid4())],
 )
 def test_malformed_authorization_header_on_the_upgrade_is_4401(fuzz_server: LocalServer, token: str) -> None:
-    async def scenario() -> int | None:
-        # Raw latin-1 header bytes, as a hostile client can send them.
-        ws = await open_ws(fuzz_server, token)
-        try:
-            await asyncio.wait_for(ws.recv(), 15)
-        except ConnectionClosed as closed:
-            return closed.rcvd.code if closed.rcvd else None
-        finally:
-            await ws.close()
-        return None
-
-    assert asyncio.run(scenario()) == 4401
+    # Raw latin-1 header bytes, as a hostile client can send them.
+    assert asyncio.run(close_code_after(fuzz_server, token=token)) == 4401
 
 
 # --- The inputs the issue reported, one by one ------------------------------------------------
@@ -321,18 +314,7 @@ def test_a_malformed_bearer_token_over_http_is_401(fuzz_server: LocalServer, val
     ],
 )
 def test_an_auth_frame_with_a_malformed_token_is_4401(fuzz_server: LocalServer, frame: str) -> None:
-    async def scenario() -> int | None:
-        ws = await open_ws(fuzz_server)
-        try:
-            await ws.send(frame)
-            await asyncio.wait_for(ws.recv(), 15)
-        except ConnectionClosed as closed:
-            return closed.rcvd.code if closed.rcvd else None
-        finally:
-            await ws.close()
-        return None
-
-    assert asyncio.run(scenario()) == 4401
+    assert asyncio.run(close_code_after(fuzz_server, frame=frame)) == 4401
 
 
 @pytest.mark.parametrize("since", ["18446744073709551616", "9223372036854775808", "1e400", "-1"])

@@ -106,6 +106,7 @@ async def refresh(request: Request) -> HTTPResponse:
 @bp.post("/auth/logout")
 @openapi.summary("End this session (or every session with everywhere=true)")
 @openapi.secured("bearer")
+@openapi.body({"application/json": LogoutBody})
 @authenticated
 async def logout(request: Request) -> HTTPResponse:
     everywhere = parse_body(request, LogoutBody).everywhere if request.body else False

@@ -13,7 +13,7 @@ from nexo.auth.guard import authenticated
 from nexo.auth.service import ACCOUNT_DELETED_HOOKS, ACCOUNT_DELETION_HOOKS
 from nexo.devices import service
 from nexo.transparency.endpoints import STHModel
-from nexo.validation import Body, parse_body
+from nexo.validation import Body, parse_body, path_parameter
 
 bp = Blueprint("devices", url_prefix="/api")
 
@@ -125,6 +125,7 @@ async def my_devices(request: Request) -> HTTPResponse:
 
 @bp.delete("/devices/<device_id:str>")
 @openapi.summary("Revoke one of the caller's devices (appends a revoke leaf)")
+@path_parameter("device_id", openapi.String(format="uuid"), "the device's id")
 @openapi.secured("bearer")
 @openapi.response(200, {"application/json": LoggedDevice})
 @authenticated
@@ -141,6 +142,7 @@ async def revoke_device(request: Request, device_id: str) -> HTTPResponse:
 
 @bp.get("/users/<username:str>/devices")
 @openapi.summary("A user's active device keys with their leaf indexes")
+@path_parameter("username", openapi.String(minLength=3, maxLength=32), "case-insensitive username")
 @openapi.secured("bearer")
 @openapi.response(200, {"application/json": PublicDeviceList})
 @authenticated

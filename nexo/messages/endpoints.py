@@ -14,7 +14,7 @@ from nexo.errors import NotFound, ValidationFailed
 from nexo.messages import service
 from nexo.messages.service import MessageWriter, RecipientCache, UnknownRecipient
 from nexo.realtime.protocol import FrameError, normalize_message_id
-from nexo.validation import INT64_MAX, Body, Query, parse_body, parse_query, query_parameters
+from nexo.validation import INT64_MAX, Body, Query, parse_body, parse_query, path_parameter, query_parameters
 
 bp = Blueprint("messages", url_prefix="/api")
 
@@ -124,6 +124,7 @@ async def list_messages(request: Request) -> HTTPResponse:
 
 @bp.get("/messages/<message_id:str>")
 @openapi.summary("One message, for its sender or recipient only (404 for anyone else)")
+@path_parameter("message_id", openapi.String(format="uuid"), "the message's UUID")
 @openapi.response(200, {"application/json": MessageOut}, "the message")
 @openapi.secured("bearer")
 @authenticated
