@@ -414,6 +414,13 @@ class NexoClient:
                     self._force_refresh = True
             except (OSError, TimeoutError, InvalidHandshake, ServerUnavailable, ValueError) as exc:
                 log.debug("connection failed: %r", exc)
+            except Exception as exc:
+                # The application's handler raised: its message stays unrecorded (it is handed
+                # over again after a restart) and listen()/flush() re-raise the error.
+                log.exception("the message handler failed")
+                self._fatal = exc
+                self._changed.set()
+                return
             finally:
                 self._ws = None
             if self._closing:

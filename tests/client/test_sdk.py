@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -152,3 +153,42 @@ def test_state_directory_of_one_account_refuses_another(tmp_path: object, nexo: 
             await client.close()
 
     asyncio.run(scenario())
+
+
+async def test_a_session_revoked_while_listening_stops_with_a_clear_error(
+    nexo: LocalServer, make_client: ClientFactory
+) -> None:
+    client = await make_client(nexo.base_url, new_name())
+    client.start()
+    listening = asyncio.create_task(client.listen(Inbox(), timeout=60))
+    await asyncio.sleep(1)
+    stolen = client.store.get("session")["refresh"]
+    async with httpx.AsyncClient() as http:
+        for _ in range(2):  # the second use is a reuse: the server revokes the whole family
+            await http.post(f"{nexo.base_url}/api/auth/refresh", json={"refresh_token": stolen})
+    # The server closes the socket (4401); the client's refresh is refused: one clear error.
+    with pytest.raises(SessionRevoked):
+        await asyncio.wait_for(listening, 30)
+    assert client.store.get("session") is None
+
+
+async def test_a_failing_handler_is_reported_and_its_message_handed_over_again(
+    nexo: LocalServer, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    alice_name, bob_name = new_name(), new_name()
+    alice = await make_client(nexo.base_url, alice_name)
+    bob = await make_client(nexo.base_url, bob_name, state=tmp_path / "bob")
+    alice.start()
+    await alice.wait_acked(await alice.send(bob_name, "one"))
+
+    async def broken(message: object) -> None:
+        raise RuntimeError("bug in the application")
+
+    with pytest.raises(RuntimeError, match="bug in the application"):
+        await bob.listen(broken, timeout=30)
+    await bob.close()
+    again = await make_client(nexo.base_url, state=tmp_path / "bob")
+    inbox = Inbox()
+    again.on_message(inbox)
+    again.start()
+    assert await inbox.wait(1) == ["one"]
