@@ -279,29 +279,28 @@ class NexoClient:
 
     async def flush(self, timeout: float = 30.0) -> None:
         """Wait until the outbox is empty (every message acked); TimeoutError otherwise."""
-        deadline = time.monotonic() + timeout
-        while self.store.pending():
-            self._raise_fatal()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{len(self.store.pending())} message(s) not acked within {timeout} s")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+        await self._wait_until(lambda: not self.store.pending(), timeout,
+                               lambda: f"{len(self.store.pending())} message(s) not acked within {timeout} s")
         self._raise_fatal()
 
     async def wait_acked(self, message_id: str, timeout: float = 30.0) -> None:
+        """Wait for the ack of ``message_id``; TimeoutError (it stays queued) or its SendFailed."""
+        await self._wait_until(lambda: not self.store.is_pending(message_id), timeout,
+                               lambda: f"message {message_id} not acked within {timeout} s (it stays queued)")
+        if message_id in self.failures:
+            raise self.failures[message_id]
+
+    async def _wait_until(self, done: Callable[[], bool], timeout: float, late: Callable[[], str]) -> None:
+        """Wake on every change (ack, handled message, fatal error) until ``done()``."""
         deadline = time.monotonic() + timeout
-        while self.store.is_pending(message_id):
+        while not done():
             self._raise_fatal()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"message {message_id} not acked within {timeout} s (it stays queued)")
+                raise TimeoutError(late())
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
-        if message_id in self.failures:
-            raise self.failures[message_id]
 
     def _raise_fatal(self) -> None:
         if self._fatal is not None:

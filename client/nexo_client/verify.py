@@ -91,23 +91,27 @@ class LogVerifier:
             return lookup  # trust on first use
         if head.origin != previous.origin:
             raise SplitViewDetected(f"log origin changed from {previous.origin!r} to {head.origin!r}")
-        if head.tree_size < previous.tree_size or head.index < previous.index:
-            raise SplitViewDetected(
-                f"the server's tree head (index {head.index}, size {head.tree_size}) is older than the "
-                f"one this client verified (index {previous.index}, size {previous.tree_size})"
-            )
         if head.index == previous.index and head.sth_hash != previous.sth_hash:
             raise SplitViewDetected(f"two different tree heads with index {head.index}")
+        # An older head is legitimate (the checkpoint served with witnesses is the newest
+        # *cosigned* one, which may lag behind a head this client saw in a registration
+        # answer), but it must be a prefix of the trusted one: the proof then runs backwards.
+        older, newer = (head, previous) if head.index < previous.index else (previous, head)
+        if older.tree_size > newer.tree_size:
+            raise SplitViewDetected(
+                f"tree head {newer.index} has a smaller tree ({newer.tree_size}) than tree head "
+                f"{older.index} ({older.tree_size})"
+            )
         path: list[bytes] = []
-        if previous.tree_size and head.tree_size != previous.tree_size:
+        if older.tree_size and older.tree_size != newer.tree_size:
             doc = await self.session.json(
                 "GET", "/api/log/proof/consistency", auth=False,
-                params={"first": previous.tree_size, "second": head.tree_size},
+                params={"first": older.tree_size, "second": newer.tree_size},
             )
             path = [b64d(item, "consistency_path") for item in doc.get("consistency_path", [])]
         try:
-            merkle.verify_consistency(previous.tree_size, head.tree_size, previous.root_hash,
-                                      head.root_hash, path)
+            merkle.verify_consistency(older.tree_size, newer.tree_size, older.root_hash,
+                                      newer.root_hash, path)
         except ProofInvalid as exc:
             raise SplitViewDetected(
                 f"tree head {head.index} (size {head.tree_size}) is not consistent with the verified "
@@ -146,8 +150,11 @@ class LogVerifier:
             if exc.status == 404:
                 raise UnknownUser(f"no user {username!r} on this server") from None
             raise
-        lookup = await self.latest()  # after the list: every listed leaf is in this head
-        keys = await asyncio.gather(*(self._prove(username, d, lookup.head) for d in devices))
+        lookup = await self.latest()  # after the list: every listed leaf is in this head...
+        # ...unless the head is the newest cosigned one (witnesses), which may not cover a key
+        # registered since: such a key is not provable yet and is left out until it is.
+        provable = [d for d in devices if int(d["leaf_index"]) < lookup.head.tree_size]
+        keys = await asyncio.gather(*(self._prove(username, d, lookup.head) for d in provable))
         return lookup, list(keys)
 
     async def _prove(self, username: str, device: dict[str, Any], head: TreeHead) -> VerifiedKey:

@@ -3,11 +3,15 @@ the client's state unchanged, nothing sent."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from contracts.server import LocalServer
 from nexo_client import (
@@ -19,6 +23,7 @@ from nexo_client import (
     VerificationFailed,
     Witness,
 )
+from nexo_client.log import TreeHead
 from tests.client.conftest import PASSWORD, ClientFactory, new_name, signing_key_file
 from tests.test_contracts_fail import fault_proxy
 
@@ -118,3 +123,31 @@ async def test_witness_cosignatures_are_required_when_configured(
     assert isinstance(exc, CosignatureInvalid) and "quorum" in str(exc)
     assert after == before
     assert sent_by(nexo, alice) == 0
+
+
+async def test_an_older_tree_head_is_accepted_only_as_a_prefix_of_the_trusted_one(
+    nexo: LocalServer, pair: tuple[str, str, Path]
+) -> None:
+    """With witnesses the served checkpoint is the newest *cosigned* head, which may be older
+    than one the client saw: fine if the trusted head extends it, a split view otherwise."""
+    _, bob, state = pair
+    client = NexoClient(nexo.base_url, state)
+    try:
+        await client.keys_of(bob, fresh=True)
+        trusted = client.verifier.trusted()
+        assert trusted is not None and trusted.index >= 3
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(f"{nexo.base_url}/api/sth/{trusted.index - 2}")
+        older = TreeHead.from_json(answer.json())
+        lookup = await client.verifier.extend(older)
+        assert lookup.head == older and client.verifier.trusted() == trusted
+
+        key = serialization.load_pem_private_key(signing_key_file(nexo).read_bytes(), password=None)
+        forged = replace(older, root_hash=hashlib.sha256(older.root_hash).digest())
+        forged = replace(forged, signature=key.sign(forged.body))  # type: ignore[union-attr, call-arg]
+        forged.verify(await client.verifier.log_key())  # validly signed by the log, yet a fork
+        with pytest.raises(SplitViewDetected, match="not consistent"):
+            await client.verifier.extend(forged)
+        assert client.verifier.trusted() == trusted
+    finally:
+        await client.close()

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from contracts.server import LocalServer, random_secret
 from nexo_client import Message, NexoClient
 from nexo_client.envelope import open_envelope, parse, seal
+from nexo_client.store import OutboxItem, Store
 
 BENCH_ENV = {
     "NEXO_RATE_LIMIT": "100000000/minute",
@@ -57,6 +58,19 @@ PASSWORD = "benchmark password"
 def _pct(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def bench_outbox(rounds: int) -> float:
+    """Median wall time of queueing one message in the outbox (one fsync'd commit), ms."""
+    with tempfile.TemporaryDirectory(prefix="nexo-bench-outbox-") as tmp:
+        store = Store(tmp)
+        times = []
+        for i in range(rounds):
+            start = time.perf_counter()
+            store.queue(OutboxItem(f"id{i}", "bob", "x" * 400))
+            times.append((time.perf_counter() - start) * 1000)
+        store.close()
+    return statistics.median(times)
 
 
 def bench_crypto(rounds: int) -> tuple[float, float]:
@@ -116,11 +130,13 @@ def bench_e2e(args: argparse.Namespace) -> None:
         finally:
             server.stop()
     seal_us, open_us = bench_crypto(2000)
+    outbox_ms = bench_outbox(200)
     print(f"e2e: {args.messages} messages alice -> bob in {wall:.2f} s = {args.messages / wall:.0f} msgs/s "
           f"(sent, acked, verified, decrypted, handled once)")
     print(f"  client CPU per message (both SDK clients, this process): {cpu / args.messages * 1000:.2f} ms")
     print(f"  crypto alone: seal (HPKE + Ed25519 sign) {seal_us:.0f} us, "
           f"open (verify + HPKE) {open_us:.0f} us")
+    print(f"  queueing one message in the outbox (a commit with fsync): p50 {outbox_ms:.2f} ms wall")
 
 
 async def _lookups(base_url: str, state: Path, rounds: int) -> None:
