@@ -115,7 +115,8 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
             else:
                 await client.login(args.user, password)
             device = client.store.get("device")
-            out.emit(f"{args.command}ed as {client.username}; device keys registered and verified in the log",
+            done = "registered" if args.command == "register" else "logged in"
+            out.emit(f"{done} as {client.username}; device keys registered and verified in the log",
                      event=args.command, user=client.username, device=device)
         elif args.command == "send":
             message_id = await client.send(args.user, args.text)

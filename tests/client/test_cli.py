@@ -33,6 +33,8 @@ def test_two_terminals_register_send_listen_verify_devices(nexo: LocalServer, tm
     done = cli("register", bob, state=b, server=nexo.base_url, password=PASSWORD)
     assert done.returncode == 0, done.stderr
     assert "verified in the log" in done.stdout
+    again = cli("login", bob, state=b, password=PASSWORD)
+    assert again.returncode == 0 and again.stdout.startswith(f"logged in as {bob}"), again.stderr
 
     # The server comes from the state directory from now on.
     sent = cli("send", bob, "hello", state=a)
@@ -77,6 +79,12 @@ def test_exit_codes(nexo: LocalServer, tmp_path: Path) -> None:
     assert done.returncode == 5 and "ServerUnavailable" in done.stderr
 
     assert cli("listen", "--count", "x", state=empty).returncode == 2
+
+    somebody = tmp_path / "me"
+    done = cli("register", new_name(), state=somebody, server=nexo.base_url, password=PASSWORD)
+    assert done.returncode == 0, done.stderr
+    done = cli("send", "nobody_at_all", "hi", state=somebody)
+    assert done.returncode == 1 and "UnknownUser" in done.stderr
 
     alice, bob = new_name("alice"), new_name("bob")
     for name in (bob, alice):
