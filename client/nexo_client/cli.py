@@ -151,7 +151,13 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
                 print(f"tree head {sth['index']} (size {sth['tree_size']}, root {sth['root_hash']}) "
                       "signature ✓")
                 print(f"consistency: {report['consistency']}")
-                print("cosignatures: " + (", ".join(report["cosignatures"]) or "none configured"))
+                if report["cosignatures"]:
+                    print("witness cosignatures verified: " + ", ".join(report["cosignatures"]))
+                elif report.get("unchecked_cosigners"):
+                    print("cosigned by " + ", ".join(report["unchecked_cosigners"]) + " (not checked: "
+                          "set NEXO_CLIENT_WITNESSES to the witnesses' vkeys)")
+                else:
+                    print("witness cosignatures: none (the log has no witnesses, none configured here)")
         elif args.command == "devices":
             for d in await client.devices():
                 state = "revoked" if d.get("revoked_at") else "active"

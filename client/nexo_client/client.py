@@ -247,7 +247,10 @@ class NexoClient:
         lookup, keys = await self.verifier.user_keys(username)
         self.verifier.commit(lookup.head)
         self._cache[username.lower()] = (time.monotonic(), keys)
-        return _report(username, lookup, keys, previous)
+        report = _report(username, lookup, keys, previous)
+        if not self.verifier.witnesses:
+            report["unchecked_cosigners"] = await self.verifier.cosigner_names()
+        return report
 
     # -- sending ----------------------------------------------------------------------------
 

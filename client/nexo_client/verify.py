@@ -83,6 +83,13 @@ class LogVerifier:
             head.verify(key)
         return await self.extend(head, cosigned)
 
+    async def cosigner_names(self) -> list[str]:
+        """Names on the checkpoint's cosignature lines, unchecked (no witness keys configured)."""
+        key = await self.log_key()
+        note = (await self.session.call("GET", "/api/log/checkpoint", auth=False)).text
+        checkpoint = parse_checkpoint(note, key)
+        return sorted({name for name, _ in checkpoint.signature_lines if name != checkpoint.head.origin})
+
     async def extend(self, head: TreeHead, cosigned: list[str] | None = None) -> Lookup:
         """Check that an already signature-checked ``head`` extends the trusted one."""
         previous = self.trusted()

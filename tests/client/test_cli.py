@@ -53,6 +53,7 @@ def test_two_terminals_register_send_listen_verify_devices(nexo: LocalServer, tm
     assert report.returncode == 0, report.stderr
     assert "2 active key(s)" in report.stdout and "signature ✓" in report.stdout
     assert "consistent with the last verified tree head" in report.stdout
+    assert "witness cosignatures: none" in report.stdout
     doc = json.loads(cli("verify", bob, "--json", state=a).stdout)
     assert {d["key_type"] for d in doc["devices"]} == {"ed25519", "x25519"}
 

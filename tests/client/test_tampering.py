@@ -113,6 +113,10 @@ async def test_witness_cosignatures_are_required_when_configured(
         report = await client.verify(bob)
         assert report["cosignatures"] == [witness.name]
         await client.close()
+        # Not configured here: the cosigner is named, and said to be unchecked.
+        client = await make_client(url, state=state)
+        assert (await client.verify(bob))["unchecked_cosigners"] == [witness.name]
+        await client.close()
     # A cosignature that does not verify.
     with fault_proxy(nexo.base_url, "client_bad_cosignature", tmp_path / "bad.log", *witness_args) as url:
         exc, before, after = await attempt_send(url, state, bob, witnesses=[witness])
