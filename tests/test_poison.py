@@ -23,6 +23,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -215,6 +216,7 @@ async def test_poison_body_among_100_http_sends_fails_alone(srv: LocalServer) ->
 
 async def test_row_the_database_refuses_fails_alone_in_its_group_commit(srv: LocalServer) -> None:
     server = srv
+    log_start = len(server.log_text())
     alice, bob = account(server), account(server)
     await prime(server, alice, bob)
     frames, ids = valid_frames(bob.username, VALID)
@@ -229,7 +231,8 @@ async def test_row_the_database_refuses_fails_alone_in_its_group_commit(srv: Loc
     assert all(stored[mid] == f"valid {i}" for i, mid in enumerate(ids))
     assert bad not in stored
     # The refusal happened inside a batch (not to a lone row) and was isolated by bisection.
-    assert f"message batch of {VALID + 1} refused" in server.log_text()
+    refused = [int(n) for n in re.findall(r"message batch of (\d+) refused", server.log_text()[log_start:])]
+    assert refused and max(refused) > VALID // 2, refused
 
 
 def _device(name: str) -> dict[str, str]:
@@ -238,6 +241,7 @@ def _device(name: str) -> dict[str, str]:
 
 async def test_device_the_database_refuses_fails_alone_in_its_sth_batch(srv: LocalServer) -> None:
     server = srv
+    log_start = len(server.log_text())
     owners = [account(server) for _ in range(4)]
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
 
@@ -263,7 +267,7 @@ async def test_device_the_database_refuses_fails_alone_in_its_sth_batch(srv: Loc
             listed = (await client.get("/api/devices", headers=owner.headers)).json()["devices"]
             names |= {device["name"] for device in listed}
         assert names == {"blocks-the-sequencer"} | {f"phone-{i}" for i in range(20)}
-    assert "sequencing its halves apart" in server.log_text()
+    assert "sequencing its halves apart" in server.log_text()[log_start:]
     # The log stays one valid chain: every STH signed, linked and consistent.
     audit = await asyncio.to_thread(_audit, server)
     assert audit.returncode == 0, audit.stdout + audit.stderr
