@@ -20,7 +20,15 @@ FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+#: Where tests save their screenshots (docs/img refreshes the ones in the docs), if set.
+SCREENSHOTS = os.environ.get("NEXO_WEB_SCREENSHOTS")
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Save ``<name>.png`` when NEXO_WEB_SCREENSHOTS names a directory (docs/web.md)."""
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
 
 
 @pytest.fixture(scope="module")

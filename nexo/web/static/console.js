@@ -60,7 +60,8 @@ function renderPlot(svg, points, fmt) {
   const d = points.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
   svg.append(svgEl("path", { d, class: "line" }));
   svg.append(svgEl("text", { x: 2, y: 12 }, fmt(y1)));
-  svg.append(svgEl("text", { x: 2, y: h - 2 }, `${Math.round((x1 - x0) / 60)} min`));
+  const span = x1 - x0;
+  svg.append(svgEl("text", { x: 2, y: h - 2 }, `0 — over the last ${span < 120 ? `${Math.round(span)} s` : `${Math.round(span / 60)} min`}`));
 }
 
 function svgEl(tag, attrs, text) {
