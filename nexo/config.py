@@ -81,6 +81,8 @@ class Settings:
     ws_write_timeout: float = 30.0
     sth_interval: float = 0.05
     sth_max_age: float = 300.0
+    #: Characters of frames one connection may have waiting for its socket (slow consumer: 1008).
+    ws_outbox_bytes: int = 1024 * 1024
     workers: int = 1
     metrics_token: str | None = None
     console_token: str | None = None
@@ -179,6 +181,7 @@ class Settings:
             max_body_bytes=_int(env, "NEXO_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             message_body_max_bytes=_int(env, "NEXO_MESSAGE_MAX_BYTES", 64 * 1024, minimum=1),
             ws_max_frame_bytes=_int(env, "NEXO_WS_MAX_FRAME_BYTES", 128 * 1024, minimum=1024),
+            ws_outbox_bytes=_int(env, "NEXO_WS_OUTBOX_BYTES", 1024 * 1024, minimum=64 * 1024),
             ws_write_timeout=_seconds(env, "NEXO_WS_WRITE_TIMEOUT", 30.0, minimum=0.1, maximum=3600.0),
             workers=workers,
             ws_push_sweep_seconds=_seconds(env, "NEXO_WS_PUSH_SWEEP_SECONDS", 2.0, minimum=0.1, maximum=60.0),

@@ -71,20 +71,22 @@ class NonReader:
 
     def send_text(self, text: str) -> bool:
         """Write one masked text frame; False if the socket refused it."""
-        payload = text.encode()
-        mask = os.urandom(4)
-        n = len(payload)
-        if n < 126:
-            header = bytes((0x81, 0x80 | n))
-        elif n < 65536:
-            header = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
-        else:
-            header = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         try:
-            self.sock.sendall(header + mask + masked)
+            self.sock.sendall(_masked(text.encode()))
         except OSError:
             return False
+        return True
+
+    def send_many(self, text: str, count: int) -> bool:
+        """Write ``count`` copies of one masked text frame in one go."""
+        frame = _masked(text.encode())
+        self.sock.settimeout(3)  # a server that stops reading (backpressure) does not hang the test
+        try:
+            self.sock.sendall(frame * count)
+        except OSError:
+            return False
+        finally:
+            self.sock.settimeout(10)
         return True
 
     def server_send_queue(self) -> int:
@@ -103,6 +105,19 @@ class NonReader:
     def close(self) -> None:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
+
+
+def _masked(payload: bytes) -> bytes:
+    """One masked client text frame (RFC 6455 5.3)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        header = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def _tx_queue(local_port: int, remote_port: int) -> int:

@@ -11,6 +11,7 @@ honest clients around it keep working.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from websockets.asyncio.client import ClientConnection
 from contracts.client import Account
 from contracts.server import LocalServer
 from tests.conftest import ServerFactory, server_factory
-from tests.hostile_support import NonReader
+from tests.hostile_support import NonReader, server_rss
 from tests.realtime_support import (
     FAST_ENV,
     account,
@@ -81,36 +82,52 @@ async def assert_dropped_and_deaf(
     reader.close()
 
 
+#: The session tests give the non-reader a large outbox, so that only the revocation (or
+#: the write timeout) can end it: the outbox bound would otherwise drop it first.
+BIG_OUTBOX = {**FAST_ENV, "NEXO_WS_OUTBOX_BYTES": str(256 * 1024 * 1024)}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     with server_factory(tmp_path_factory.mktemp("hostile")) as make:
+        yield make(BIG_OUTBOX)
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    with server_factory(tmp_path_factory.mktemp("hostile-default")) as make:
         yield make(FAST_ENV)
 
 
 @pytest.fixture
 def expiring_server(make_server: ServerFactory) -> LocalServer:
-    return make_server({**FAST_ENV, "NEXO_ACCESS_TOKEN_TTL": "8"})
+    return make_server({**BIG_OUTBOX, "NEXO_ACCESS_TOKEN_TTL": "8"})
 
 
 @pytest.fixture
 def write_timeout_server(make_server: ServerFactory) -> LocalServer:
-    return make_server({**FAST_ENV, "NEXO_WS_WRITE_TIMEOUT": "1"})
+    return make_server({**BIG_OUTBOX, "NEXO_WS_WRITE_TIMEOUT": "1"})
+
+
+@pytest.fixture
+def small_outbox_server(make_server: ServerFactory) -> LocalServer:
+    return make_server({**FAST_ENV, "NEXO_WS_OUTBOX_BYTES": "65536"})
 
 
 @pytest.fixture
 def two_workers(make_server: ServerFactory, backend: str) -> LocalServer:
     if backend != "postgres":
         pytest.skip("several workers need PostgreSQL")
-    return make_server(FAST_ENV, workers=2)
+    return make_server(BIG_OUTBOX, workers=2)
 
 
 async def test_non_reader_outlives_logout(server: LocalServer) -> None:
     alice, bob = account(server), account(server)
     sender = await online(server, alice.access_token)
-    honest_bob = await online(server, bob.access_token)  # bob's first session, an honest client
     victim = Account(bob.base_url, bob.username, bob.password, bob.user_id, "", "")
     victim.relogin()  # bob's second session: the one whose socket never reads
     reader = await stuck_victim(server, sender, victim)
+    honest_bob = await online(server, bob.access_token)  # bob's first session, an honest client
 
     async with httpx.AsyncClient(timeout=10) as http:
         response = await http.post(f"{server.base_url}/api/auth/logout", headers=victim.headers)
@@ -211,3 +228,81 @@ async def test_non_reader_outlives_logout_on_another_worker(two_workers: LocalSe
     assert response.status_code in (200, 204), response.text
     await assert_dropped_and_deaf(server, reader, bob, sender, alice.username)
     await sender.close()
+
+
+# -- memory per connection (finding 3) -------------------------------------------------------
+
+#: History replayed by every ``sync`` of the storm: 1,000 messages of 4 KB.
+HISTORY = 1000
+HISTORY_BODY = "h" * 4000
+#: What the attack may add to the server's RSS. Without the bounds the storm below queues
+#: 4 sockets x 12 replays x 4 MB (about 190 MB); with them each socket holds at most its
+#: outbox (1 MiB) plus one page of rows and what the transport buffered.
+RSS_GROWTH_BOUND = 64 * 1024 * 1024
+
+
+async def test_sync_storms_and_frame_floods_from_non_readers_keep_memory_bounded(
+    default_server: LocalServer,
+) -> None:
+    server = default_server
+    alice, bob, carol = account(server), account(server), account(server)
+    sender = await online(server, alice.access_token)
+    ids = [str(uuid.uuid4()) for _ in range(HISTORY)]
+    for start in range(0, HISTORY, 100):
+        for mid in ids[start : start + 100]:
+            await sender.send(send_frame(bob.username, HISTORY_BODY, mid))
+        pending = set(ids[start : start + 100])
+        while pending:
+            frame = await next_frame(sender, timeout=60)
+            pending.discard(frame.get("message_id", ""))
+    honest_carol = await online(server, carol.access_token)
+    await asyncio.sleep(1.0)
+    before = server_rss(server)
+
+    storms = [NonReader(server, bob.access_token) for _ in range(4)]
+    flooder = NonReader(server, alice.access_token)
+    assert all(r.upgraded for r in [*storms, flooder])
+    await asyncio.sleep(0.5)
+    for reader in storms:
+        for _ in range(12):
+            reader.send_text('{"type":"sync","since":0}')
+    flooder.send_many("not json", 20_000)
+    flooder.send_many('{"type":"delivered","message_id":"00000000-0000-0000-0000-000000000000"}', 5_000)
+
+    peak = before
+    for _ in range(16):
+        await asyncio.sleep(0.5)
+        peak = max(peak, server_rss(server))
+        # An honest pair keeps its latency and its messages meanwhile.
+        ack = await send_and_ack(honest_carol, alice.username, "honest", None)
+        assert ack["type"] == "ack", ack
+        assert (await next_frame(sender, "message"))["message_id"] == ack["message_id"]
+    growth = peak - before
+    assert growth < RSS_GROWTH_BOUND, f"the server grew by {growth / 2**20:.0f} MiB under the storm"
+    for reader in [*storms, flooder]:
+        reader.close()
+    await sender.close()
+    await honest_carol.close()
+
+
+def closes(server: LocalServer, code: int) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    match = re.search(rf'^nexo_ws_closes_total{{code="{code}"}} ([0-9.e+-]+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_non_reader_over_its_outbox_bytes_gets_1008(small_outbox_server: LocalServer) -> None:
+    server = small_outbox_server
+    alice, bob = account(server), account(server)
+    sender = await online(server, alice.access_token)
+    reader = NonReader(server, bob.access_token)
+    assert reader.upgraded, reader.status
+    await asyncio.sleep(0.5)
+    await flood(sender, bob.username)
+    # Long before the 30 s write timeout: the 64 KiB outbox overflowed.
+    assert reader.wait_dropped(10.0) is not None, "a consumer over its outbox bound is still connected"
+    assert closes(server, 1008) >= 1
+    reader.close()
+    assert (await send_and_ack(sender, bob.username, "after"))["type"] == "ack"
+    await sender.close()
+

@@ -50,8 +50,9 @@ SWEEP_CATCH_UPS = Counter(
 )
 UNAUTHORIZED_CLOSES = Counter("nexo_ws_unauthorized_closes_total", "Connections closed with 4401")
 
-#: Frames waiting in one connection's outbox before it is dropped as too slow.
-MAX_OUTBOX = 100_000
+#: Default of ``NEXO_WS_OUTBOX_BYTES``: what one connection may have queued and not yet
+#: handed to its socket (characters of JSON text) before it is dropped as too slow.
+OUTBOX_BYTES = 1024 * 1024
 #: How long a close (flush, close frame, close handshake) may take before the transport
 #: is aborted (seconds): the server's shutdown and other graceful closes.
 CLOSE_SECONDS = 7.0
@@ -81,6 +82,7 @@ class Connection:
         session_id: str,
         request_id: str,
         write_timeout: float = 30.0,
+        outbox_limit: int = OUTBOX_BYTES,
     ) -> None:
         self.ws = ws
         self.user_id = user_id
@@ -89,6 +91,9 @@ class Connection:
         self.session_id = session_id
         self.request_id = request_id
         self._out: list[str] = []
+        #: Characters in ``_out``; the outbox is bounded by ``outbox_limit`` of them.
+        self._out_bytes = 0
+        self.outbox_limit = outbox_limit
         self._batching = False  # registered with the flusher for the end of this iteration
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
@@ -125,10 +130,29 @@ class Connection:
                     return
             self._flushed.clear()
         out.append(text)
-        if len(out) > MAX_OUTBOX:
-            log.warning("closing a connection of user %s: it does not read its frames", self.user_id)
-            out.clear()
-            self.end(CloseCode.POLICY_VIOLATION, "client too slow: it does not read its frames")
+        self._out_bytes += len(text)
+        # A batch of this iteration goes to a writable socket at its end (flush_now checks
+        # it there if the socket is not writable); frames waiting for the pump count now.
+        if not self._batching and self._out_bytes > self.outbox_limit:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        log.warning(
+            "closing a connection of user %s: its outbox is over %d bytes", self.user_id, self.outbox_limit
+        )
+        self._out.clear()
+        self._out_bytes = 0
+        self.end(CloseCode.POLICY_VIOLATION, "client too slow: its outbox is full")
+
+    @property
+    def outbox_bytes(self) -> int:
+        """Characters queued and not yet handed to the socket."""
+        return self._out_bytes
+
+    async def drained(self) -> None:
+        """Until everything posted so far has been handed to the socket (the pump writes only
+        what the socket takes, so this follows the client's reads), or the connection ends."""
+        await self._flushed.wait()
 
     def push(self, message: Delivery | StoredMessage) -> None:
         """Send a ``message`` frame unless this connection already got that seq."""
@@ -223,6 +247,7 @@ class Connection:
             "closing a connection of user %s: it read nothing for %g s", self.user_id, self.write_timeout
         )
         self._out.clear()
+        self._out_bytes = 0
         self.end(CloseCode.POLICY_VIOLATION, "client too slow: it does not read its frames")
 
     def stop(self) -> None:
@@ -241,6 +266,7 @@ class Connection:
                 await self._wake.wait()
                 continue
             frames, self._out = self._out, []
+            self._out_bytes = 0
             try:
                 await self._write(frames)
             except asyncio.CancelledError:
@@ -259,7 +285,10 @@ class Connection:
             return
         if self._write_now(frames):
             self._out = []
+            self._out_bytes = 0
             self._flushed.set()
+        elif self._out_bytes > self.outbox_limit:
+            self._overflow()
         else:
             self._wake.set()
 
@@ -287,8 +316,12 @@ class Connection:
         ):
             return False
         transport.write(_encode(proto, frames))
-        if transport.get_write_buffer_size():  # the kernel did not take it all: is it read?
-            _STALLS.watch(self, transport)
+        unsent = transport.get_write_buffer_size()
+        if unsent:  # the kernel did not take it all: is it read?
+            if unsent > self.outbox_limit:  # what the transport holds counts against the outbox
+                self._overflow()
+            else:
+                _STALLS.watch(self, transport)
         return True
 
     async def _write(self, frames: list[str]) -> None:

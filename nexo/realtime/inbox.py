@@ -24,8 +24,10 @@ from typing import Any
 from websockets.exceptions import ConnectionClosedOK
 from websockets.frames import Frame, Opcode
 
-#: Pause reading the socket above this many queued messages; resume below half.
+#: Pause reading the socket above this many queued messages, or this many queued bytes;
+#: resume below half of both.
 HIGH_WATER = 256
+HIGH_WATER_BYTES = 256 * 1024
 
 
 class Inbox:
@@ -34,6 +36,7 @@ class Inbox:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self._items: deque[str | bytes] = deque()
+        self._bytes = 0  # len() of the queued items
         self._ready = asyncio.Event()
         self._closed = False
         self._paused = False
@@ -101,7 +104,7 @@ class Inbox:
                 rest.append(event)
         if self._items or self._closed:  # frames the fast path took need no wake-up
             self._ready.set()
-        if len(self._items) > HIGH_WATER and not self._paused:
+        if (len(self._items) > HIGH_WATER or self._bytes > HIGH_WATER_BYTES) and not self._paused:
             transport = getattr(self.ws.io_proto, "transport", None)
             if transport is not None:
                 transport.pause_reading()
@@ -126,16 +129,18 @@ class Inbox:
         if handler is not None and self._waiting and not self._items and handler(item):
             return
         self._items.append(item)
+        self._bytes += len(item)
 
     def take_ready(self, limit: int) -> list[str | bytes]:
         """Up to ``limit`` more messages that are already queued (no waiting)."""
         items = self._items
         taken = [items.popleft() for _ in range(min(limit, len(items)))]
+        self._bytes -= sum(map(len, taken))
         self._maybe_resume()
         return taken
 
     def _maybe_resume(self) -> None:
-        if self._paused and len(self._items) < HIGH_WATER // 2:
+        if self._paused and len(self._items) < HIGH_WATER // 2 and self._bytes < HIGH_WATER_BYTES // 2:
             transport = getattr(self.ws.io_proto, "transport", None)
             if transport is not None:
                 transport.resume_reading()
@@ -159,5 +164,6 @@ class Inbox:
             finally:
                 self._waiting = False
         item = self._items.popleft()
+        self._bytes -= len(item)
         self._maybe_resume()
         return item

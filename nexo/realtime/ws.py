@@ -52,7 +52,9 @@ from nexo.realtime.sessions import ENDED, SessionWatch
 
 log = logging.getLogger("nexo.realtime")
 
-SYNC_PAGE = 500
+#: Rows per database read of a ``sync``; the next page is read only once the previous
+#: one has been handed to the socket (paced by the client's reads).
+SYNC_PAGE = 100
 #: Frames read from the inbox in one go (consecutive sends share one rate-limit hit).
 BURST = 128
 
@@ -158,6 +160,7 @@ async def websocket(request: Request, ws: Any) -> None:
             principal.session_id,
             request_id,
             app.ctx.settings.ws_write_timeout,
+            app.ctx.settings.ws_outbox_bytes,
         )
         conn.start()
         # Also pushes what was committed between the handshake and now.
@@ -358,16 +361,25 @@ class Session:
         )
 
     async def sync(self, since: int) -> None:
+        """Replay in pages of :data:`SYNC_PAGE`, each read only once the previous one is in the
+        socket: a client that does not read holds one page and its outbox, never its history."""
+        conn = self.conn
+        half = conn.outbox_limit // 2
         upto = since
         while True:
-            rows = await service.history(self.conn.user_id, upto, SYNC_PAGE)
+            rows = await service.history(conn.user_id, upto, SYNC_PAGE)
             for row in rows:
-                self.conn.post(dumps({"type": ServerFrame.MESSAGE.value, **service.message_json(row)}))
+                conn.post(dumps({"type": ServerFrame.MESSAGE.value, **service.message_json(row)}))
+                if conn.outbox_bytes > half:
+                    await conn.drained()
             if rows:
                 upto = rows[-1].seq
             if len(rows) < SYNC_PAGE:
                 break
-        self.conn.post(dumps({"type": ServerFrame.SYNCED.value, "upto": upto}))
+            await conn.drained()
+            if conn.ended:
+                return
+        conn.post(dumps({"type": ServerFrame.SYNCED.value, "upto": upto}))
 
     async def delivered(self, message_id: str) -> None:
         if not await service.mark_delivered(message_id, self.conn.user_id):
