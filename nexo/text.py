@@ -38,14 +38,15 @@ def has_lone_surrogate(value: Any) -> bool:
 
 
 def may_hold_escapes(raw: str | bytes) -> bool:
-    """False when JSON text has no ``\\u`` escape, so no lone surrogate and no U+0000 (fast path).
+    """False when JSON text has no backslash, so no lone surrogate and no U+0000 (fast path).
 
     Valid UTF-8 cannot encode a surrogate, and a strict JSON parser refuses a raw
-    control character inside a string, so both can only come from an escape.
+    control character inside a string, so both can only come from a ``\\u`` escape.
+    A one-character search is a ``memchr``: several times faster than looking for ``\\u``.
     """
     if isinstance(raw, bytes):
-        return b"\\u" in raw
-    return "\\u" in raw
+        return b"\\" in raw
+    return "\\" in raw
 
 
 def body_problem(body: str) -> str | None:

@@ -132,13 +132,12 @@ def parse_frame(text: str | bytes, max_body_bytes: int) -> Frame:
         raise FrameError(WsError.INVALID_FRAME, "a frame must be a JSON object")
     kind = data.get("type")
     raw_id = data.get("message_id")
-    echo_id = echoable(raw_id)
     escaped = may_hold_escapes(text)
     if escaped and has_lone_surrogate(data):
         message = "the frame holds a lone surrogate escape: strings must be valid Unicode"
-        raise FrameError(WsError.INVALID_JSON, message, echo_id)
+        raise FrameError(WsError.INVALID_JSON, message, echoable(raw_id))
     if kind == ClientFrame.SEND:
-        message_id = _message_id(raw_id, echo_id)
+        message_id = _message_id(raw_id)
         to = _string(data, "to", message_id)
         body = _string(data, "body", message_id)
         if not 1 <= len(to) <= 64:
@@ -155,7 +154,7 @@ def parse_frame(text: str | bytes, max_body_bytes: int) -> Frame:
             raise FrameError(WsError.INVALID_BODY, problem, message_id)
         return Send(message_id, to, body)
     if kind == ClientFrame.DELIVERED:
-        return Delivered(_message_id(raw_id, echo_id))
+        return Delivered(_message_id(raw_id))
     if kind == ClientFrame.SYNC:
         since = data.get("since", 0)
         if isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= INT64_MAX:
@@ -164,18 +163,18 @@ def parse_frame(text: str | bytes, max_body_bytes: int) -> Frame:
     if kind == ClientFrame.AUTH:
         return Auth(_string(data, "token"))
     if kind is None:
-        raise FrameError(WsError.INVALID_FIELD, "type: missing", echo_id)
+        raise FrameError(WsError.INVALID_FIELD, "type: missing", echoable(raw_id))
     shown = kind if isinstance(kind, str) and len(kind) <= 32 else type(kind).__name__
-    raise FrameError(WsError.UNKNOWN_TYPE, f"unknown frame type {shown!r}", echo_id)
+    raise FrameError(WsError.UNKNOWN_TYPE, f"unknown frame type {shown!r}", echoable(raw_id))
 
 
-def _message_id(raw: object, echo: str | None) -> str:
+def _message_id(raw: object) -> str:
     if raw is None:
         raise FrameError(WsError.INVALID_FIELD, "message_id: missing")
     try:
         return normalize_message_id(raw)
     except FrameError as exc:
-        exc.message_id = echo
+        exc.message_id = echoable(raw)  # only short printable ASCII is echoed back
         raise
 
 
