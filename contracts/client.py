@@ -8,12 +8,16 @@ only ever touch users it created.
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 PREFIX = "ct"
+#: How long register/login wait out the per-address auth budget (30/min by default): a
+#: full suite run makes more auth requests than one minute's budget against a URL.
+AUTH_PATIENCE = 75.0
 
 
 def new_username(prefix: str = PREFIX) -> str:
@@ -25,33 +29,48 @@ def new_password() -> str:
     return secrets.token_urlsafe(18)
 
 
+def _post_auth(http: httpx.Client, url: str, body: dict[str, Any], what: str, expect: int) -> dict[str, Any]:
+    """POST to an auth endpoint; waits out a 429 (``Retry-After``) for up to ``AUTH_PATIENCE`` s."""
+    deadline = time.monotonic() + AUTH_PATIENCE
+    while True:
+        response = http.post(url, json=body)
+        if response.status_code == 429:
+            wait = _retry_after(response)
+            if time.monotonic() + wait <= deadline:
+                time.sleep(wait)
+                continue
+        if response.status_code != expect:
+            raise AssertionError(f"{what}: HTTP {response.status_code} {response.text[:300]}")
+        answer: dict[str, Any] = response.json()
+        return answer
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(0.5, float(response.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
+
+
 def register(
     base_url: str, username: str, password: str, client: httpx.Client | None = None
 ) -> dict[str, Any]:
-    """``POST /api/auth/register``; raises on anything but 201."""
+    """``POST /api/auth/register``; raises on anything but 201 (a 429 is waited out)."""
     http = client or httpx.Client(timeout=30)
     try:
-        response = http.post(
-            f"{base_url}/api/auth/register", json={"username": username, "password": password}
-        )
-        if response.status_code != 201:
-            raise AssertionError(f"register {username}: HTTP {response.status_code} {response.text}")
-        body: dict[str, Any] = response.json()
-        return body
+        body = {"username": username, "password": password}
+        return _post_auth(http, f"{base_url}/api/auth/register", body, f"register {username}", 201)
     finally:
         if client is None:
             http.close()
 
 
 def login(base_url: str, username: str, password: str, client: httpx.Client | None = None) -> dict[str, Any]:
-    """``POST /api/auth/login``; raises on anything but 200. Returns the token pair."""
+    """``POST /api/auth/login``; raises on anything but 200 (a 429 is waited out). Returns the pair."""
     http = client or httpx.Client(timeout=30)
     try:
-        response = http.post(f"{base_url}/api/auth/login", json={"username": username, "password": password})
-        if response.status_code != 200:
-            raise AssertionError(f"login {username}: HTTP {response.status_code} {response.text}")
-        body: dict[str, Any] = response.json()
-        return body
+        body = {"username": username, "password": password}
+        return _post_auth(http, f"{base_url}/api/auth/login", body, f"login {username}", 200)
     finally:
         if client is None:
             http.close()

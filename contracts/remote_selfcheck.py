@@ -4,7 +4,9 @@ CI uses this so the remote path (what operators aim at staging) cannot rot:
 it starts a Nexo with ``LocalServer`` (its own data dir, free port, default
 limits), then runs ``nexo contracts --base-url http://127.0.0.1:PORT
 --allow-destructive`` in a separate process, which knows nothing of that
-server but its URL, and exits with that command's exit code.
+server but its URL and, as an operator would give it to prove token expiry,
+its ``JWT_SECRET`` in ``NEXO_CONTRACTS_JWT_SECRET``; it exits with that
+command's exit code.
 
     python -m contracts.remote_selfcheck [--backend postgres] [--junit-xml FILE]
 """
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from contracts.server import LocalServer, scratch_postgres
+from contracts.tokens import SECRET_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.junit_xml:
             command += ["--junit-xml", args.junit_xml]
         print(f"remote selfcheck: {' '.join(command[2:])}", flush=True)
-        code = subprocess.run(command, check=False).returncode
+        env = {**os.environ, SECRET_ENV: server.env["JWT_SECRET"]}
+        code = subprocess.run(command, env=env, check=False).returncode
         if code != 0:
             print(f"server log tail:\n{server.log_tail()}", file=sys.stderr)
         return code

@@ -52,6 +52,7 @@ class LocalServer:
         command: tuple[str, ...] = ("serve",),
         extra_args: tuple[str, ...] = (),
         scheme: str = "http",
+        module: str = "nexo",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -59,6 +60,8 @@ class LocalServer:
         self.command = command
         self.extra_args = extra_args
         self.scheme = scheme
+        #: The module run as ``python -m``: ``nexo``, or a test wrapper that patches it first.
+        self.module = module
         self.env = {
             "JWT_SECRET": random_secret(),
             "NEXO_DATA_DIR": str(self.data_dir),
@@ -80,7 +83,7 @@ class LocalServer:
         """Start the process without waiting for it to be healthy."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
-        args = [sys.executable, "-m", "nexo", *self.command, "--host", "127.0.0.1"]
+        args = [sys.executable, "-m", self.module, *self.command, "--host", "127.0.0.1"]
         args += ["--port", str(self.port)]
         if self.command == ("serve",):
             args += ["--workers", str(self.workers)]
@@ -98,7 +101,13 @@ class LocalServer:
         return self.process
 
     def start(self, timeout: float = 45.0) -> LocalServer:
-        process = self.spawn()
+        self.spawn()
+        return self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 45.0) -> LocalServer:
+        """Wait until the spawned process answers ``/api/health`` with 200."""
+        process = self.process
+        assert process is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         verify = self.scheme != "https"
         while time.monotonic() < deadline:

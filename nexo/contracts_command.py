@@ -22,11 +22,12 @@ from nexo.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM
 PROMISES: dict[str, str] = {
     "test_health.py": "Health: 200, status/timestamp/users_count/sth_count, fast after warm-up",
     "test_auth.py": "JWT: 1-hour tokens, issuer, refresh works, refresh reuse refused",
-    "test_ws_unauthorized.py": "WebSocket: 4401 for every bad token",
+    "test_expiry.py": "JWT expiry: an expired token gets 401 and 4401; an open socket closes at expiry",
+    "test_bad_tokens.py": "Bad tokens: 401 over HTTP and 4401 on /ws, for every kind",
     "test_ws_ack.py": "WebSocket: an ACK for each message",
     "test_no_duplicates.py": "No duplicate messages under retries",
     "test_rate_limit.py": "Rate limiting: 100 req/min, then 429 with Retry-After",
-    "test_sth_chain.py": "STH chain: index +1, signatures, links and proofs verify",
+    "test_sth_chain.py": "STH chain: index +1, signatures, links, inclusion and consistency proofs verify",
 }
 
 
@@ -38,6 +39,8 @@ class Outcome:
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    #: Checks that did not run: reason -> how many.
+    not_run: dict[str, int] = field(default_factory=dict)
 
 
 class Collector:
@@ -66,7 +69,9 @@ class Collector:
             outcome.failed.append(f"{test}: {_reason(report)}")
         elif report.skipped:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else "skipped"
-            outcome.skipped.append(str(reason).removeprefix("Skipped: "))
+            reason = str(reason).removeprefix("Skipped: ")
+            outcome.skipped.append(reason)
+            outcome.not_run[reason] = outcome.not_run.get(reason, 0) + 1
         elif report.when == "call":
             outcome.passed += 1
 
@@ -95,7 +100,8 @@ class Collector:
             return f"✗ {title}" + (f" — {figures}" if figures else "") + f"\n    why: {why}"
         if outcome.skipped and not outcome.passed:
             return f"- {title} — skipped: {outcome.skipped[0]}"
-        return f"✓ {title}" + (f" — {figures}" if figures else "") + f" ({outcome.passed} checks)"
+        not_run = "".join(f"; {n} not run: {why}" for why, n in outcome.not_run.items())
+        return f"✓ {title}" + (f" — {figures}" if figures else "") + f" ({outcome.passed} checks{not_run})"
 
     def failed(self) -> bool:
         return any(o.failed for o in self.modules.values())
@@ -106,6 +112,10 @@ def _module(nodeid: str) -> str:
 
 
 def _reason(report: Any) -> str:
+    """The failure's sentence (the suite's ``why`` property), else the first line of its message."""
+    for name, value in report.user_properties:
+        if name == "why":
+            return str(value)[:300]
     crash = getattr(report.longrepr, "reprcrash", None)
     message = crash.message if crash is not None else str(report.longrepr)
     first = next((line for line in message.splitlines() if line.strip()), message)
@@ -137,7 +147,8 @@ def pytest_args(args: argparse.Namespace, suite: Path, ini: Path) -> list[str]:
         argv.append("--allow-destructive")
     if args.junit_xml:
         argv += ["--junit-xml", args.junit_xml, "-o", "junit_family=xunit1"]
-    for option in ("health_budget_ms", "ws_timeout", "sth_timeout", "rate_limit", "issuer"):
+    options = ("health_budget_ms", "ws_timeout", "sth_timeout", "rate_limit", "issuer", "cleanup_timeout")
+    for option in (*options, "expired_token_file", "clock_skew"):
         value = getattr(args, option)
         if value is not None:
             argv += ["--" + option.replace("_", "-"), str(value)]
@@ -199,6 +210,22 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--sth-timeout", type=float, help="seconds to wait for sth_count to grow (default 3)")
     parser.add_argument("--rate-limit", type=int, help="promised requests per minute (default 100)")
     parser.add_argument("--issuer", help="expected JWT iss (default nexo)")
+    parser.add_argument(
+        "--cleanup-timeout",
+        type=float,
+        help="seconds to keep retrying the deletion of a rate-limited test user at the end (default 75; "
+        "0: do not wait, print the users left behind)",
+    )
+    parser.add_argument(
+        "--expired-token-file",
+        metavar="FILE",
+        help="an access token captured more than an hour ago (its session still live): proves expiry "
+        "against a URL without the secret. Or give the server's JWT_SECRET in NEXO_CONTRACTS_JWT_SECRET "
+        "(never printed or stored); with neither, expiry is reported as not proved",
+    )
+    parser.add_argument(
+        "--clock-skew", type=float, help="seconds past exp the server may accept a token (default 30)"
+    )
     parser.add_argument("-k", metavar="EXPR", help="only checks matching this pytest -k expression")
     parser.add_argument("-v", "--verbose", action="store_true", help="also show pytest's own output")
     parser.set_defaults(handler=cmd_contracts)

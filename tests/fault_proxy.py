@@ -47,6 +47,10 @@ FAULTS = {
     "client_cosign": "add a valid cosignature by --witness-key to the checkpoint",
     "client_bad_cosignature": "add a cosignature by --witness-key that does not verify",
     "client_drop_acks": "drop every other ack and reset the WebSocket every few frames",
+    "ack_drop_one_in_ten": "drop every tenth ack on a connection",
+    "health_slow_one_connection_in_twenty": "answer /api/health 400 ms late on every twentieth connection",
+    "inclusion_wrong": "corrupt the first hash of every inclusion proof (proof endpoint and registrations)",
+    "consistency_wrong": "corrupt the first hash of every consistency proof",
 }
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
 
@@ -161,6 +165,32 @@ def _reset(client: Any) -> None:
         transport.abort()
 
 
+def _corrupt_first(hashes: Any) -> Any:
+    """The list of base64 hashes with one bit of the first flipped (unchanged when empty)."""
+    if not isinstance(hashes, list) or not hashes:
+        return hashes
+    first = bytearray(base64.b64decode(hashes[0]))
+    first[0] ^= 0x01
+    return [base64.b64encode(bytes(first)).decode(), *hashes[1:]]
+
+
+def _mutate_proofs(path: str, doc: Any, fault: str) -> Any:
+    """``inclusion_wrong`` / ``consistency_wrong`` on a JSON answer."""
+    if not isinstance(doc, dict):
+        return doc
+    if fault == "consistency_wrong" and path == "api/log/proof/consistency":
+        doc["consistency_path"] = _corrupt_first(doc.get("consistency_path"))
+    if fault == "inclusion_wrong":
+        if path == "api/log/proof/inclusion":
+            doc["audit_path"] = _corrupt_first(doc.get("audit_path"))
+        proof = doc.get("inclusion_proof")
+        if isinstance(proof, dict):
+            proof["audit_path"] = _corrupt_first(proof.get("audit_path"))
+        elif proof is not None:
+            doc["inclusion_proof"] = _corrupt_first(proof)
+    return doc
+
+
 WITNESS_NAME = "witness.test/w1"
 
 
@@ -207,6 +237,13 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
         if path == "api/health":
             if fault == "health_slow":
                 await asyncio.sleep(0.4)
+            if fault == "health_slow_one_connection_in_twenty":
+                conn = request.conn_info.ctx if request.conn_info else None
+                if conn is not None and not hasattr(conn, "number"):
+                    app.ctx.connections = getattr(app.ctx, "connections", 0) + 1
+                    conn.number = app.ctx.connections
+                if conn is not None and conn.number % 20 == 0:
+                    await asyncio.sleep(0.4)
             if fault == "health_missing_field":
                 doc = response.json()
                 doc.pop("sth_count", None)
@@ -224,6 +261,10 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
             body = json.dumps(client_json_fault(path, response.json(), fault, signing_key)).encode()
         if witness_key is not None and "cosign" in fault and path == "api/log/checkpoint" and status == 200:
             body = client_cosign(response.text, witness_key, WITNESS_NAME, fault == "client_cosign").encode()
+        if fault.endswith("_wrong") and response.headers.get("content-type", "").startswith(
+            "application/json"
+        ):
+            body = json.dumps(_mutate_proofs(path, response.json(), fault)).encode()
         return raw(
             body, status=status, headers=out_headers, content_type=response.headers.get("content-type")
         )
@@ -246,6 +287,7 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
         seen: set[str] = set()
         first_seq: list[int] = []
         dropper = ClientAckDropper() if fault == "client_drop_acks" else None
+        acks = 0
 
         async def client_to_server() -> None:
             while True:
@@ -255,6 +297,7 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
                 await server.send(message)
 
         async def server_to_client() -> None:
+            nonlocal acks
             with contextlib.suppress(ConnectionClosed):
                 async for message in server:
                     if dropper is not None:
@@ -265,7 +308,12 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
                             _reset(client)
                             return
                         continue
-                    frame = json.loads(message) if fault in {"dup_new_seq", "ack_reused_seq"} else {}
+                    rewrites = {"dup_new_seq", "ack_reused_seq", "ack_drop_one_in_ten"}
+                    frame = json.loads(message) if fault in rewrites else {}
+                    if frame.get("type") == "ack" and fault == "ack_drop_one_in_ten":
+                        acks += 1
+                        if acks % 10 == 0:
+                            continue
                     if frame.get("type") == "ack":
                         if fault == "dup_new_seq" and frame["message_id"] in seen:
                             frame["seq"] = int(frame["seq"]) + 1_000_000

@@ -64,6 +64,9 @@ def test_options_reach_pytest() -> None:
         sth_timeout=None,
         rate_limit=None,
         issuer=None,
+        cleanup_timeout=0.0,
+        expired_token_file="token.txt",
+        clock_skew=None,
         k=None,
         verbose=False,
     )
@@ -72,4 +75,22 @@ def test_options_reach_pytest() -> None:
     assert argv[argv.index("--base-url") + 1] == "https://staging.example.com"
     assert "--allow-destructive" in argv and "--junit-xml" in argv and "junit_family=xunit1" in argv
     assert argv[argv.index("--health-budget-ms") + 1] == "300.0"
-    assert "--ws-timeout" not in argv
+    assert "--ws-timeout" not in argv and "--clock-skew" not in argv
+    assert argv[argv.index("--cleanup-timeout") + 1] == "0.0"
+    assert argv[argv.index("--expired-token-file") + 1] == "token.txt"
+
+
+def test_a_failure_reads_as_the_suites_sentence_and_skipped_checks_are_counted() -> None:
+    collector = Collector(io.StringIO())
+    failed = _report(
+        "contracts/test_sth_chain.py::test_x", "setup", "failed", message="KeyError: 'sth_count'"
+    )
+    failed.user_properties.append(("why", "the server's answer lacks 'sth_count' (KeyError at x.py:3)"))
+    collector.pytest_runtest_logreport(failed)
+    assert "why: test_x: the server's answer lacks 'sth_count'" in collector.line("test_sth_chain.py")
+    collector.pytest_runtest_logreport(_report("contracts/test_bad_tokens.py::test_a", "call", "passed"))
+    for name in ("test_b", "test_c"):
+        skipped = _report(f"contracts/test_bad_tokens.py::{name}", "setup", "skipped")
+        skipped.longrepr = ("file", 1, "Skipped: needs the server's secret")
+        collector.pytest_runtest_logreport(skipped)
+    assert collector.line("test_bad_tokens.py").endswith("(1 checks; 2 not run: needs the server's secret)")
