@@ -219,6 +219,14 @@ async def duplicate_message_ids() -> list[tuple[str, int]]:
     return [(row["message_id"], int(row["n"])) for row in rows]
 
 
+async def recipients_between(after: int, upto: int) -> list[tuple[int, int]]:
+    """(seq, recipient_id) of every message with ``after < seq <= upto`` (a primary-key range)."""
+    p = _params(db.dialect(), 2)
+    sql = f"SELECT id, recipient_id FROM messages WHERE id > {p[0]} AND id <= {p[1]}"
+    rows = await db.connection().execute_query_dict(sql, [after, upto])
+    return [(int(row["id"]), int(row["recipient_id"])) for row in rows]
+
+
 async def received_after(cursors: dict[int, int]) -> dict[int, tuple[int, int]]:
     """Per user id: how many messages it received with seq above its cursor, and the newest
     such seq. One query for all of them (an index probe per user); users with none are left out."""

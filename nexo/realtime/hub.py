@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from websockets.protocol import State
 
 from nexo.messages import repository
@@ -45,6 +45,11 @@ OPEN_CONNECTIONS = Gauge(
 PUSHED = Counter("nexo_ws_messages_pushed_total", "message frames pushed to recipients")
 CLOSES = Counter("nexo_ws_closes_total", "WebSocket closes by Nexo, by close code", ["code"])
 SWEEPS = Counter("nexo_ws_push_sweeps_total", "Sweep queries looking for messages whose push signal was lost")
+SWEEP_SECONDS = Histogram(
+    "nexo_ws_push_sweep_seconds",
+    "Time of one sweep over every connected user of a worker",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 SWEEP_CATCH_UPS = Counter(
     "nexo_ws_push_sweep_catch_ups_total", "Users a sweep found with stored messages not pushed (lost signals)"
 )
@@ -67,6 +72,9 @@ RECENT_PUSHES = 4096
 SIGNAL_PAGE = 500
 #: Connected users per sweep query.
 SWEEP_BATCH = 5000
+#: A sweep reads the rows committed since the last one when there are at most this many
+#: (or at most as many as connected users); else it counts per user.
+SWEEP_WINDOW = 2000
 #: Direct pushes tracked above a user's cursor before a read moves the cursor past them.
 MAX_UNSWEPT = 8192
 
@@ -476,6 +484,8 @@ class Hub:
         self._signal_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self.sweep_seconds = sweep_seconds
+        #: The newest seq the last sweep saw; users at it need only rows after it checked.
+        self._mark: int | None = None
         self.closing = False
 
     @property
@@ -592,7 +602,8 @@ class Hub:
             if self._feeds.get(feed.user_id) is not feed:
                 return  # every connection closed meanwhile
             for row in rows:
-                if row.seq not in feed.pushed:
+                # At or below the cursor (a sweep moved it meanwhile) or pushed directly: done.
+                if row.seq > feed.cursor and row.seq not in feed.pushed:
                     for conn in feed.conns:
                         conn.push(row)
             if rows:
@@ -605,30 +616,60 @@ class Hub:
         while True:
             await asyncio.sleep(self.sweep_seconds)
             try:
-                await self.sweep()
+                with SWEEP_SECONDS.time():
+                    await self.sweep()
             except Exception as exc:  # the next period tries again
                 log.error("push sweep failed: %r", exc)
 
     async def sweep(self) -> None:
-        """Catch up every connected user with a stored message this process has not pushed."""
-        feeds = [feed for feed in self._feeds.values() if not feed.pulling]
-        for start in range(0, len(feeds), SWEEP_BATCH):
-            chunk = {feed.user_id: feed.cursor for feed in feeds[start : start + SWEEP_BATCH]}
-            counts = await repository.received_after(chunk)
+        """Catch up every connected user with a stored message this process has not pushed.
+
+        Users whose cursor is at the last sweep's mark are checked against the rows
+        committed since (one range read of the primary key, when there are fewer of
+        them than users); the others, or everyone after a busy period, by one
+        ``COUNT`` per user after its cursor (:data:`SWEEP_BATCH` users a query). A
+        user found with nothing unpushed moves its cursor to the newest seq, so an
+        idle hub costs one ``MAX(id)`` and one empty range read per period.
+        """
+        feeds = self._feeds
+        if not feeds:
+            self._mark = None
+            return
+        top = await repository.max_seq()  # every seq <= top is committed (commit order)
+        mark = self._mark
+        window = mark is not None and top - mark <= max(len(feeds), SWEEP_WINDOW)
+        windowed: list[_Feed] = []
+        probed: list[_Feed] = []
+        for feed in list(feeds.values()):
+            (windowed if window and mark is not None and feed.cursor >= mark else probed).append(feed)
+        lagging: set[int] = set()
+        if windowed and mark is not None and top > mark:
             SWEEPS.inc()
-            lagging = []
-            for user_id, (count, newest) in counts.items():
-                feed = self._feeds.get(user_id)
-                if feed is None or feed.pulling or feed.cursor != chunk[user_id]:
-                    continue  # gone, or read meanwhile
-                if sum(1 for seq in feed.pushed if seq <= newest) == count:
-                    feed.advance(newest)  # all of them pushed already
+            for seq, recipient_id in await repository.recipients_between(mark, top):
+                found = feeds.get(recipient_id)
+                if found is not None and seq > found.cursor and seq not in found.pushed:
+                    lagging.add(recipient_id)
+        for feed in windowed:
+            if feed.user_id not in lagging:
+                feed.advance(top)
+        for start in range(0, len(probed), SWEEP_BATCH):
+            chunk = {feed.user_id: feed.cursor for feed in probed[start : start + SWEEP_BATCH]}
+            SWEEPS.inc()
+            counts = await repository.received_after(chunk)
+            for user_id, cursor in chunk.items():
+                current = feeds.get(user_id)
+                if current is None or current.cursor != cursor:
+                    continue  # gone, or read meanwhile (the next sweep starts from its new cursor)
+                count, newest = counts.get(user_id, (0, 0))
+                if count == 0 or sum(1 for seq in current.pushed if seq <= newest) == count:
+                    current.advance(max(top, newest))  # all of them pushed already
                 else:
-                    lagging.append(user_id)
-            if lagging:
-                SWEEP_CATCH_UPS.inc(len(lagging))
-                log.info("push sweep: %d users had stored messages not pushed here", len(lagging))
-                self.signal(lagging)
+                    lagging.add(user_id)
+        self._mark = top
+        if lagging:
+            SWEEP_CATCH_UPS.inc(len(lagging))
+            log.info("push sweep: %d users had stored messages not pushed here", len(lagging))
+            self.signal(lagging)  # a user already being read is read once more
 
     def end_sessions(self, user_id: int | None, session_id: str | None, reason: str) -> int:
         """Close with 4401, at once, this process's connections of a session (or of every

@@ -149,8 +149,11 @@ async def _lean(ws_url: str, token: str, stop: float, tally: Tally, kind: str, f
                     synced.clear()
                     client.send([SYNC_ALL])
                     tally.add("storm_syncs")
-                    with contextlib.suppress(TimeoutError):
+                    try:
                         await asyncio.wait_for(synced.wait(), 10)
+                        tally.add("storm_synced")
+                    except TimeoutError:
+                        tally.add("storm_sync_timeouts")
         finally:
             if client.closed.done():
                 tally.add(f"{kind}_closed_by_server")

@@ -76,6 +76,20 @@ def worker_rss_kib(session_id: int) -> tuple[int, int]:
     return pid, sizes[pid]
 
 
+def sweep_metrics(base_url: str) -> tuple[float, float] | None:
+    """(count, total seconds) of the worker's push sweeps, from ``/metrics``; None if none ran."""
+    import httpx
+
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    found = {}
+    for line in text.splitlines():
+        for name in ("nexo_ws_push_sweep_seconds_count", "nexo_ws_push_sweep_seconds_sum"):
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    count = found.get("nexo_ws_push_sweep_seconds_count", 0.0)
+    return (count, found.get("nexo_ws_push_sweep_seconds_sum", 0.0)) if count else None
+
+
 # -- the load client process -------------------------------------------------------------------
 
 
@@ -201,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"RSS per connection: {per_conn:.1f} KiB  (bar: >= 15000 held at <= 40 KiB)", flush=True)
         print(f"server CPU while they idle: {idle_cpu * 100:.1f} % of a core (pings, session checks, sweeps)")
+        sweeps = sweep_metrics(base_url)
+        if sweeps:
+            count, total = sweeps
+            print(
+                f"push sweeps: {count:.0f}, {total / max(count, 1) * 1000:.1f} ms each over "
+                f"{users} connected users (wall time, the database's work included)",
+                flush=True,
+            )
     return 0
 
 
