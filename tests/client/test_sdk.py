@@ -89,7 +89,7 @@ async def test_device_keys_are_private_files_and_proven_in_the_log(
 async def test_the_session_refreshes_before_the_access_token_expires(
     make_server: ServerFactory, make_client: ClientFactory
 ) -> None:
-    server = make_server({**FAST_ENV, "NEXO_ACCESS_TOKEN_TTL": "4"})
+    server = make_server({**FAST_ENV, "NEXO_ACCESS_TOKEN_TTL": "6"})  # refreshed 2.8 s before expiry
     alice_name, bob_name = new_name(), new_name()
     alice = await make_client(server.base_url, alice_name)
     bob = await make_client(server.base_url, bob_name)
@@ -97,7 +97,7 @@ async def test_the_session_refreshes_before_the_access_token_expires(
     bob.on_message(inbox)
     bob.start()
     alice.start()
-    await asyncio.sleep(9)  # two token lifetimes
+    await asyncio.sleep(13)  # two token lifetimes
     await alice.wait_acked(await alice.send(bob_name, "still here"))
     await inbox.wait(1)
     assert alice.session.refreshes >= 2 and bob.session.refreshes >= 2
