@@ -86,7 +86,6 @@ class Settings:
     workers: int = 1
     metrics_token: str | None = None
     console_token: str | None = None
-    console_sth_max_age: int = 3600
     console_window: int = 60
     cors_origins: tuple[str, ...] = ()
     argon2_memory_kib: int = 19456
@@ -189,7 +188,6 @@ class Settings:
             sth_max_age=_seconds(env, "NEXO_STH_MAX_AGE", 300.0, minimum=1.0, maximum=30 * 24 * 3600.0),
             metrics_token=env.get("NEXO_METRICS_TOKEN") or None,
             console_token=console_token,
-            console_sth_max_age=_int(env, "NEXO_CONSOLE_STH_MAX_AGE", 3600, minimum=1),
             console_window=_int(env, "NEXO_CONSOLE_WINDOW", 60, minimum=2),
             cors_origins=tuple(o.strip() for o in env.get("NEXO_CORS_ORIGINS", "").split(",") if o.strip()),
             argon2_memory_kib=_int(env, "NEXO_ARGON2_MEMORY_KIB", 19456, minimum=8192),

@@ -60,8 +60,9 @@ REMEDIES = {
                   "server ACKs each message, and the unique constraint on message_id.",
     "websockets": "Runbook, WebSocket 4401 / abnormal closes: check the server log for the close reason "
                   "(1011 = internal error), verify tokens are valid and not expired.",
-    "sth": "Runbook, Check STH chain for anomalies: the log has not signed a tree head recently; check the "
-           "server log for sequencer errors and that the database accepts writes.",
+    "sth": "Runbook, Check STH chain for anomalies: the log has not signed a tree head (not even its "
+           "heartbeat, NEXO_STH_MAX_AGE) for too long; check the server log for sequencer errors and that "
+           "the database accepts writes; nexo audit checks the chain.",
     "tokens": "Runbook, JWT Token Expired: clients should refresh before expiry; check JWT_SECRET is "
               "consistent across restarts; a reused refresh token means a stolen or replayed token.",
     "ratelimit": "Runbook, Rate limiting (100 req/min): a client is at its limit; find it in the access log "

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from contracts.server import LocalServer
+from nexo_client import Witness
 from tests.browser.conftest import screenshot
 from tests.conftest import ServerFactory, server_factory
+from tests.fault_proxy import WITNESS_NAME
 from tests.realtime_support import FAST_ENV
 from tests.test_contracts_fail import fault_proxy
 
@@ -205,3 +209,36 @@ def test_a_tampering_server_makes_the_page_warn_and_send_nothing(
         assert stored_rows(server) == 0
         expect(received(b, "must never leave")).to_have_count(0)
         expect(a.locator('#messages li[data-state="sent"]')).to_have_count(0)
+
+
+def test_witness_cosignatures_are_shown_and_a_forged_one_stops_sending(
+    make_server: ServerFactory, contexts: list[BrowserContext], tmp_path: Path
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "witness.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    vkey = Witness(WITNESS_NAME, public).vkey()
+    server = make_server(FAST_ENV)
+    extra = ("--witness-key", str(key_file))
+    with fault_proxy(server.base_url, "client_cosign", tmp_path / "proxy.log", *extra) as url:
+        a, b, _, _ = alice_sees_bob(contexts, url)
+        expect(a.locator("#peer-keys li").first).to_contain_text("none required")
+        a.get_by_label("Witness keys to require (C2SP vkeys, one per line)").fill(vkey)
+        a.get_by_role("button", name="Save witnesses").click()
+        expect(a.locator("#witness-state")).to_contain_text("1 witness(es) required", timeout=WAIT_MS)
+        cosigned = a.locator("#peer-keys li").first
+        expect(cosigned).to_contain_text(f"cosigned by {WITNESS_NAME}", timeout=WAIT_MS)
+        type_message(a, "cosigned and sent")
+        expect(received(b, "cosigned and sent")).to_have_count(1, timeout=WAIT_MS)
+        before = stored_rows(server)
+
+        httpx.put(f"{url}/__proxy/fault/client_bad_cosignature", timeout=10).raise_for_status()
+        type_message(a, "must not go out")
+        warning = a.locator("#warnings .warning").first
+        forged = f"cosignature by witness {WITNESS_NAME} does not verify"
+        expect(warning).to_contain_text(forged, timeout=WAIT_MS)
+        a.wait_for_timeout(1000)
+        assert stored_rows(server) == before
+        expect(received(b, "must not go out")).to_have_count(0)

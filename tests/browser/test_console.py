@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import sqlite3
 
 import httpx
 from playwright.sync_api import Page, expect
@@ -47,7 +48,7 @@ def add_device(base_url: str) -> str:
 
 def test_rate_limit_and_stale_sth_turn_rows_red_then_green(page: Page, make_server: ServerFactory) -> None:
     server = make_server({
-        "NEXO_CONSOLE_TOKEN": TOKEN, "NEXO_CONSOLE_WINDOW": "4", "NEXO_CONSOLE_STH_MAX_AGE": "6",
+        "NEXO_CONSOLE_TOKEN": TOKEN, "NEXO_CONSOLE_WINDOW": "4", "NEXO_STH_MAX_AGE": "1",
         "NEXO_RATE_LIMIT": "10/minute",
     })
     base = server.base_url
@@ -60,12 +61,21 @@ def test_rate_limit_and_stale_sth_turn_rows_red_then_green(page: Page, make_serv
     expect(row(page, "ratelimit")).to_contain_text("Runbook")
     expect(row(page, "ratelimit")).to_have_attribute("data-ok", "true", timeout=WAIT_MS)  # window passed
 
-    # Nothing is logged: STH 0 grows older than 6 s and the row says so, with its remedy.
-    expect(row(page, "sth")).to_have_attribute("data-ok", "false", timeout=WAIT_MS)
-    expect(row(page, "sth")).to_contain_text("Check STH chain")
-    add_device(base)  # a registration signs a new tree head
+    # The log signs a heartbeat STH every second (NEXO_STH_MAX_AGE=1). Hold SQLite's write lock
+    # from outside: no STH can commit, the latest grows older than 1 s + health's 10 s grace.
     expect(row(page, "sth")).to_have_attribute("data-ok", "true", timeout=WAIT_MS)
-    expect(row(page, "sth")).to_contain_text("STH #1")
+    blocker = sqlite3.connect(server.data_dir / "nexo.db", isolation_level=None, timeout=30)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        frozen = blocker.execute('SELECT MAX("index") FROM sths').fetchone()[0]
+        expect(row(page, "sth")).to_have_attribute("data-ok", "false", timeout=WAIT_MS)
+        expect(row(page, "sth")).to_contain_text("Check STH chain")
+        expect(row(page, "sth")).to_contain_text(f"STH #{frozen},")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    expect(row(page, "sth")).to_have_attribute("data-ok", "true", timeout=WAIT_MS)  # the heartbeat resumes
+    add_device(base)
     expect(page.locator("#registrations tbody tr")).to_have_count(1, timeout=WAIT_MS)
     screenshot(page, "console")
     assert not [e for e in page.errors if "Content Security Policy" in e]  # type: ignore[attr-defined]

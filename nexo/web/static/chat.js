@@ -27,6 +27,7 @@ $("sign-in").addEventListener("submit", async (event) => {
     $("sign-in").hidden = true;
     $("app").hidden = false;
     $("me").textContent = `Signed in as ${client.username}`;
+    $("witnesses").value = await client.witnessText();
     $("peer").focus();
   } catch (err) {
     $("sign-in-error").textContent = `${action === "register" ? "Could not create the account" : "Could not log in"}: ${err.message}`;
@@ -66,10 +67,26 @@ client.addEventListener("peer", ({ detail }) => {
   $("peer-keys").replaceChildren(...(detail.keys.length ? detail.keys.map((k) => el("li", { "data-state": "verified" },
     `${k.key_type} ${short(b64(k.public_key))}… (${k.name}) — `,
     el("span", { class: "ok" }, `✔ verified against STH #${detail.sthIndex}`),
-    `, ${consistent}; leaf ${k.leaf_index} of ${detail.treeSize}. Witness cosignatures: not checked by this page (nexo-client checks them).`))
+    `, ${consistent}; leaf ${k.leaf_index} of ${detail.treeSize}. `, witnessText(detail.cosigned)))
     : [el("li", { class: "muted" }, `${detail.username} has no device yet.`)]));
   const sth = detail.sthIndex;
   $("log-state").textContent = `Last tree head this browser verified: #${sth}, ${detail.treeSize} leaves.`;
+});
+
+function witnessText(cosigned) {
+  if (cosigned === null || cosigned === undefined) return "Witness cosignatures: none required (see Witnesses).";
+  return el("span", { class: "ok" }, `✔ cosigned by ${cosigned.join(", ")}.`);
+}
+
+$("witness-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  try {
+    const n = await client.setWitnesses($("witnesses").value);
+    $("witness-state").textContent = n ? `${n} witness(es) required on every tree head.` : "No witnesses required.";
+    if (peer) await client.keysOf(peer, { fresh: true }).catch(() => {});
+  } catch (err) {
+    $("witness-state").textContent = `Not saved: ${err.message}`;
+  }
 });
 
 function b64(bytes) { let s = ""; for (const b of bytes) s += String.fromCharCode(b); return btoa(s); }

@@ -26,6 +26,14 @@ export class Api {
     return this.access;
   }
 
+  /** GET a text document (the checkpoint note); no token. */
+  async text(path) {
+    let response;
+    try { response = await fetch(path, { cache: "no-store" }); } catch { throw new ApiError(0, "offline", "the server cannot be reached"); }
+    if (!response.ok) throw new ApiError(response.status, "http_error", `HTTP ${response.status} for ${path}`);
+    return response.text();
+  }
+
   async json(method, path, { auth = true, body } = {}) {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";

@@ -3,7 +3,7 @@
 // to its events: "status", "device", "peer", "message", "acked", "queued", "warning".
 import { Api, ApiError } from "./api.js";
 import { Store } from "./store.js";
-import { LogVerifier, VerificationError, b64d, b64e } from "./log.js";
+import { LogVerifier, VerificationError, b64d, b64e, parseWitness } from "./log.js";
 import * as envelope from "./envelope.js";
 
 const RECONNECT_MAX_MS = 15_000;
@@ -95,7 +95,7 @@ export class WebClient extends EventTarget {
       await this.verifier.commit(lookup.head);
       await this.store.put(`peer/${username}`, now);
       this.held.delete(username);
-      const state = { username, keys, sthIndex: lookup.head.index, treeSize: lookup.head.tree_size,
+      const state = { username, keys, sthIndex: lookup.head.index, treeSize: lookup.head.tree_size, cosigned: lookup.cosigned,
                       consistentWith: lookup.consistentFrom ? lookup.consistentFrom.index : null, at: Date.now() };
       this.peers.set(username, state);
       this.emit("peer", state);
@@ -109,6 +109,17 @@ export class WebClient extends EventTarget {
       throw err;
     }
   }
+
+  /** Save the witnesses to require (C2SP vkeys, one per line; empty: none); checked before saving. */
+  async setWitnesses(text) {
+    const vkeys = text.split("\n").map((l) => l.trim()).filter(Boolean);
+    await Promise.all(vkeys.map(parseWitness));
+    await this.store.put("witnesses", vkeys);
+    this.peers.clear();
+    return vkeys.length;
+  }
+
+  async witnessText() { return ((await this.store.get("witnesses")) || []).join("\n"); }
 
   /** Trust `username`'s current (verified) keys after a key change. */
   async acceptKeys(username) {

@@ -118,6 +118,77 @@ async function verifyHead(head, logKey) {
   }
 }
 
+// -- witnesses: C2SP signed-note checkpoints and tlog-cosignature v1 ------------------------
+
+const EM_DASH = "\u2014";
+
+async function noteKeyId(name, algorithm, publicKey) {
+  return (await sha256(enc.encode(`${name}\n`), Uint8Array.of(algorithm), publicKey)).slice(0, 4);
+}
+
+/** A trusted witness from its C2SP vkey `<name>+<hex key ID>+<base64(0x04 || key)>`. */
+export async function parseWitness(vkey) {
+  // Split from the left, as the SDK does: the base64 part may itself hold "+".
+  const text = vkey.trim(), first = text.indexOf("+"), second = text.indexOf("+", first + 1);
+  const parts = first > 0 && second > first ? [text.slice(0, first), text.slice(first + 1, second), text.slice(second + 1)] : [];
+  let blob = null;
+  try { blob = parts.length === 3 ? b64d(parts[2], "vkey") : null; } catch { blob = null; }
+  if (!blob || blob.length !== 33 || blob[0] !== 0x04) {
+    throw new Error(`witness key ${vkey.trim()} is not an Ed25519 cosignature vkey (name+keyid+base64)`);
+  }
+  const witness = { name: parts[0], publicKey: blob.slice(1) };
+  witness.keyId = await noteKeyId(witness.name, 0x04, witness.publicKey);
+  if ([...witness.keyId].map((b) => b.toString(16).padStart(2, "0")).join("") !== parts[1].toLowerCase()) {
+    throw new Error(`witness key ${vkey.trim()}: key ID does not match the key`);
+  }
+  return witness;
+}
+
+/** The tree head and signature lines of a checkpoint note (GET /api/log/checkpoint). */
+export async function parseCheckpoint(note, logKey) {
+  const at = note.indexOf("\n\n");
+  if (at < 0) throw proofInvalid("checkpoint has no blank line before its signatures");
+  const body = note.slice(0, at), lines = body.split("\n");
+  if (lines.length !== 6) throw proofInvalid(`checkpoint body has ${lines.length} lines, Nexo's has 6`);
+  const signatures = [];
+  for (const line of note.slice(at + 2).split("\n")) {
+    const parts = line.startsWith(`${EM_DASH} `) ? line.slice(2).split(" ") : [];
+    if (parts.length === 2) signatures.push({ name: parts[0], blob: b64d(parts[1], "checkpoint signature") });
+  }
+  const wanted = await noteKeyId(lines[0], 0x01, logKey);
+  const own = signatures.find((s) => s.name === lines[0] && equal(s.blob.slice(0, 4), wanted));
+  if (!own || own.blob.length !== 68) {
+    throw new VerificationError("SignatureInvalid", "checkpoint carries no signature by the log's pinned key");
+  }
+  const head = await parseHead({ origin: lines[0], tree_size: lines[1], root_hash: lines[2], index: lines[3],
+                                 timestamp_ms: lines[4], prev_sth_hash: lines[5], signature: b64e(own.blob.slice(4)) });
+  if (new TextDecoder().decode(head.body) !== `${body}\n`) throw proofInvalid("checkpoint body is not in canonical form");
+  return { head, signatures };
+}
+
+/** Names of the trusted witnesses whose cosignature verifies; at least `quorum`, a forged one is an error. */
+export async function verifyCosignatures(checkpoint, witnesses, quorum) {
+  const valid = [];
+  for (const w of witnesses) {
+    const line = checkpoint.signatures.find((s) => s.name === w.name && equal(s.blob.slice(0, 4), w.keyId));
+    if (!line) continue;
+    const cosigned = new VerificationError("CosignatureInvalid", `cosignature by witness ${w.name} does not verify`);
+    if (line.blob.length !== 76) throw cosigned;
+    const time = new DataView(line.blob.buffer, line.blob.byteOffset + 4, 8).getBigUint64(0);
+    const message = enc.encode(`cosignature/v1\ntime ${time}\n`);
+    const key = await crypto.subtle.importKey("raw", w.publicKey, { name: "Ed25519" }, false, ["verify"]);
+    const signed = new Uint8Array(message.length + checkpoint.head.body.length);
+    signed.set(message); signed.set(checkpoint.head.body, message.length);
+    if (!await crypto.subtle.verify({ name: "Ed25519" }, key, line.blob.slice(12), signed)) throw cosigned;
+    valid.push(w.name);
+  }
+  if (valid.length < quorum) {
+    throw new VerificationError("CosignatureInvalid",
+      `${valid.length} valid witness cosignature(s) of ${witnesses.length} configured, quorum is ${quorum}`);
+  }
+  return valid;
+}
+
 function checkLeaf(leaf, deviceId, username, keyType, publicKey) {
   let event;
   try { event = JSON.parse(new TextDecoder().decode(leaf)); } catch { event = null; }
@@ -155,11 +226,27 @@ export class LogVerifier {
     return doc ? parseHead(doc) : null;
   }
 
+  /** The witnesses this browser trusts for this account (vkeys saved by the user); all must cosign. */
+  async witnesses() {
+    return Promise.all(((await this.store.get("witnesses")) || []).map(parseWitness));
+  }
+
   async latest() {
     const key = await this.logKey();
-    const head = await parseHead(await this.api.json("GET", "/api/sth/latest", { auth: false }));
-    await verifyHead(head, key);
-    return this.extend(head);
+    const witnesses = await this.witnesses();
+    let head, cosigned = null;
+    if (witnesses.length) {
+      const checkpoint = await parseCheckpoint(await this.api.text("/api/log/checkpoint"), key);
+      head = checkpoint.head;
+      await verifyHead(head, key);
+      cosigned = await verifyCosignatures(checkpoint, witnesses, witnesses.length);
+    } else {
+      head = await parseHead(await this.api.json("GET", "/api/sth/latest", { auth: false }));
+      await verifyHead(head, key);
+    }
+    const lookup = await this.extend(head);
+    lookup.cosigned = cosigned;
+    return lookup;
   }
 
   /** Check that a signature-checked `head` extends the last one this browser verified. */
