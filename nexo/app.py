@@ -15,7 +15,7 @@ from sanic import Request, Sanic
 from sanic.config import Config
 from sanic.response import BaseHTTPResponse
 
-from nexo import db, errors, gcpolicy, health, logs, metrics, ratelimit, speedups
+from nexo import db, errors, filemodes, gcpolicy, health, logs, metrics, ratelimit, speedups
 from nexo.auth import endpoints as auth_endpoints
 from nexo.checkpoint import Checkpointer, WriterConnection
 from nexo.config import Settings
@@ -53,6 +53,7 @@ async def prepare_storage(settings: Settings) -> None:
     Run once per start in the main process (before workers fork) and by
     ``nexo db push``; leaves the database connection open.
     """
+    filemodes.tighten(settings.data_dir, (settings.signing_key_path,))
     await db.init_db(settings, create_schema=True)
     for feature in FEATURES:
         prepare: Callable[[Settings], Awaitable[None]] | None = getattr(feature, "prepare", None)

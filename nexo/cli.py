@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 
-from nexo import __version__, contracts_command
+from nexo import __version__, contracts_command, filemodes
 from nexo.config import ConfigError
 from nexo.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM, fail, load_settings
 from nexo.devices import commands as devices_commands
@@ -212,6 +212,7 @@ EXTRA_COMMANDS.append(ops_commands.register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    filemodes.restrict_umask()  # data dir, database, keys, exports: private (0700 / 0600)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)

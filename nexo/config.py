@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
+from nexo import filemodes
+
 PLACEHOLDER_SECRETS = frozenset({"change_me", "changeme", "secret", "please_change_me"})
 MIN_SECRET_BYTES = 32
 _RATE_RE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.I)
@@ -72,6 +74,7 @@ class Settings:
     refresh_token_ttl: int = 30 * 24 * 3600
     login_lockout_threshold: int = 10
     login_lockout_window: int = 15 * 60
+    prune_interval: int = 3600
     max_body_bytes: int = 256 * 1024
     message_body_max_bytes: int = 64 * 1024
     ws_max_frame_bytes: int = 128 * 1024
@@ -177,6 +180,7 @@ class Settings:
             refresh_token_ttl=_int(env, "NEXO_REFRESH_TOKEN_TTL", 30 * 24 * 3600, minimum=1),
             login_lockout_threshold=_int(env, "NEXO_LOGIN_LOCKOUT_THRESHOLD", 10, minimum=1),
             login_lockout_window=_int(env, "NEXO_LOGIN_LOCKOUT_WINDOW", 900, minimum=1),
+            prune_interval=_int(env, "NEXO_PRUNE_INTERVAL", 3600, minimum=0),
             max_body_bytes=_int(env, "NEXO_MAX_BODY_BYTES", 256 * 1024, minimum=1024),
             message_body_max_bytes=_int(env, "NEXO_MESSAGE_MAX_BYTES", 64 * 1024, minimum=1),
             ws_max_frame_bytes=_int(env, "NEXO_WS_MAX_FRAME_BYTES", 128 * 1024, minimum=1024),
@@ -259,11 +263,20 @@ def check_database_url(url: str) -> None:
 
 
 def dev_secret(data_dir: Path) -> str:
-    """The development secret: made once under the data dir (0600) and reused."""
+    """The development secret: made once under the data dir (0600) and reused.
+
+    An existing file is checked like ``JWT_SECRET`` (an empty, short or placeholder
+    secret would let anyone forge tokens), with the way out in the message.
+    """
     path = data_dir / "dev_jwt_secret"
     if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
+        secret = path.read_text(errors="replace").strip()
+        try:
+            check_secret(secret, f"the development secret in {path}")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (delete the file and `nexo dev` makes a new one)") from None
+        return secret
+    filemodes.private_dir(data_dir)
     secret = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -11,6 +11,7 @@ into request tasks, so :func:`init_db` always enables the global fallback
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import BaseORMException
 
-from nexo import ids
+from nexo import filemodes, ids
 from nexo.config import Settings
 
 log = logging.getLogger("nexo.db")
@@ -89,9 +90,11 @@ async def init_db(settings: Settings, *, create_schema: bool = True) -> None:
 def create_sqlite_file(path: Path) -> None:
     """Create the database file (and its directory) with :data:`SQLITE_PAGE_SIZE` pages if it
     does not exist yet. An existing database keeps the page size it was made with."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    filemodes.private_dir(path.parent)
     if path.exists() and path.stat().st_size > 0:
         return
+    # 0600 first: SQLite gives the WAL and SHM files the database file's mode.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, filemodes.FILE_MODE))
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         # The page size is fixed when the first page is written; WAL mode writes it.

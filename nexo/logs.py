@@ -1,10 +1,12 @@
 """Logging: human-readable lines on stderr, one JSON object per line for access logs.
 
 ``NEXO_LOG_LEVEL`` (default INFO) sets the level of the ``nexo`` loggers.
-The access log writes one JSON object per request, in the same line layout
-as every other log line (``<time> INFO nexo.access [<pid>] {...}``);
-successful health and metrics probes are left out so load balancers do not
-drown the log. ``NEXO_ACCESS_LOG=0`` turns it off.
+
+A log line never holds a raw control character: messages go through
+:class:`EscapeControl` (a newline is written as backslash-n, other C0/C1 characters
+as backslash-xNN), so a username with a newline cannot forge a monitoring line; the
+lines of a traceback are indented and escaped the same way, so no line but a
+record's first starts at column 0. The access log is JSON, escaped by ``json.dumps``.
 
 The access log does not go through :mod:`logging`: a log record, a formatter
 pass and a write per request cost a sixth of a worker's CPU under load.
@@ -18,11 +20,56 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any, TextIO
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+
+#: C0 controls, DEL and C1 controls, plus the Unicode line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+#: Loggers outside ``nexo`` whose records also get :class:`EscapeControl` (Sanic's own).
+OTHER_LOGGERS = ("sanic.root", "sanic.error", "sanic.server", "sanic.websockets", "sanic.access")
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control character written as an escape (one line, printable)."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+class EscapeControl(logging.Filter):
+    """Render the record's message with its control characters escaped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "_nexo_escaped", False):
+            record.msg = escape_control(record.getMessage())
+            record.args = None
+            record._nexo_escaped = True
+        return True
+
+
+class EscapingFormatter(logging.Formatter):
+    """Traceback and stack lines indented and escaped: only a record's own first line
+    starts at column 0, so no text inside an exception can pose as a record."""
+
+    def formatException(self, ei: Any) -> str:
+        return _indent(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indent(super().formatStack(stack_info))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  | " + escape_control(line) for line in text.splitlines())
 
 
 def configure(level: str = "INFO", access_log: bool = True) -> None:
@@ -30,10 +77,15 @@ def configure(level: str = "INFO", access_log: bool = True) -> None:
     root = logging.getLogger("nexo")
     if not any(getattr(h, "_nexo", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(EscapingFormatter(_FORMAT))
+        handler.addFilter(EscapeControl())
         handler._nexo = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.propagate = False
+    for name in OTHER_LOGGERS:
+        other = logging.getLogger(name)
+        if not any(isinstance(f, EscapeControl) for f in other.filters):
+            other.addFilter(EscapeControl())
     root.setLevel(level.upper())
     ACCESS.enabled = access_log
 

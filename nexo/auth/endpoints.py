@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel
 from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, empty, json
@@ -10,9 +12,11 @@ from sanic_ext import openapi
 from nexo.auth.guard import authenticated
 from nexo.auth.models import User
 from nexo.auth.passwords import Passwords
+from nexo.auth.pruning import prune_forever
 from nexo.auth.service import AuthService
 from nexo.auth.tokens import TokenService
 from nexo.ratelimit import client_address
+from nexo.tasks import cancel_and_wait
 from nexo.timefmt import utc_iso
 from nexo.validation import Body, parse_body
 
@@ -67,6 +71,15 @@ def setup(app: Sanic) -> None:
     async def start_auth(app: Sanic) -> None:
         passwords = Passwords(settings.argon2_memory_kib, settings.argon2_time_cost)
         app.ctx.auth = AuthService(settings, app.ctx.tokens, passwords)
+        app.ctx.auth_pruner = (
+            asyncio.get_running_loop().create_task(prune_forever(settings), name="nexo-auth-prune")
+            if settings.prune_interval > 0
+            else None
+        )
+
+    @app.before_server_stop
+    async def stop_auth(app: Sanic) -> None:
+        await cancel_and_wait(app.ctx.auth_pruner)
 
 
 @bp.post("/auth/register")

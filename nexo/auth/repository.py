@@ -9,6 +9,7 @@ from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Q, Subquery
 from tortoise.functions import Count, Min
 from tortoise.transactions import in_transaction
 
@@ -194,8 +195,10 @@ async def reserve_login_attempt(
                 f"SELECT pg_advisory_xact_lock({LOGIN_LOCK_CLASS}, hashtext($1))", [f"{username}\n{address}"]
             )
         window = LoginFailure.filter(username=username, address=address, at__gte=since).using_db(conn)
-        found = await window.annotate(count=Count("id"), oldest=Min("at")).group_by("username").values(
-            "count", "oldest"
+        found = (
+            await window.annotate(count=Count("id"), oldest=Min("at"))
+            .group_by("username")
+            .values("count", "oldest")
         )
         count, oldest = (int(found[0]["count"]), found[0]["oldest"]) if found else (0, None)
         if count >= threshold:
@@ -210,8 +213,44 @@ async def clear_login_failures(
     await LoginFailure.filter(username=username, address=address).using_db(using).delete()
 
 
+# -- pruning (nexo.auth.pruning) ----------------------------------------------------------
+
+#: Rows deleted per statement, so a first prune of a big table never holds the writer long.
+PRUNE_BATCH = 1000
+
+
 async def prune_login_failures(before: datetime) -> int:
-    return await LoginFailure.filter(at__lt=before).delete()
+    """Delete failures older than ``before`` (out of every lockout window)."""
+    pruned = 0
+    while ids := await LoginFailure.filter(at__lt=before).limit(PRUNE_BATCH).values_list("id", flat=True):
+        pruned += await LoginFailure.filter(id__in=list(ids)).delete()
+    return pruned
+
+
+async def prune_refresh_tokens(now: datetime) -> int:
+    """Delete expired refresh tokens: no request can use or replay them any more."""
+    pruned = 0
+    while (
+        hashes := await RefreshToken.filter(expires_at__lt=now)
+        .limit(PRUNE_BATCH)
+        .values_list("token_hash", flat=True)
+    ):
+        pruned += await RefreshToken.filter(token_hash__in=list(hashes)).delete()
+    return pruned
+
+
+async def prune_sessions(revoked_before: datetime, created_before: datetime) -> int:
+    """Delete sessions revoked before ``revoked_before``, and sessions made before
+    ``created_before`` that have no refresh token left (every one expired: the session can
+    never be refreshed, and its access tokens expired long ago), with their tokens."""
+    pruned = 0
+    tokenless = Subquery(RefreshToken.all().values("session_id"))
+    dead = Q(revoked_at__lt=revoked_before) | (Q(created_at__lt=created_before) & ~Q(id__in=tokenless))
+    while ids := await Session.filter(dead).limit(PRUNE_BATCH).values_list("id", flat=True):
+        async with in_transaction() as conn:
+            await RefreshToken.filter(session_id__in=list(ids)).using_db(conn).delete()
+            pruned += await Session.filter(id__in=list(ids)).using_db(conn).delete()
+    return pruned
 
 
 async def usernames(user_ids: Iterable[int]) -> dict[int, str]:

@@ -45,7 +45,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from nexo import ids
+from nexo import filemodes, ids
 from nexo.config import Settings
 from nexo.db import SCHEMA_VERSION, close_db, connection, dialect, init_db
 
@@ -216,7 +216,7 @@ class Progress:
 async def export_database(out: Path, progress: Progress) -> dict[str, Any]:
     """Write the export file; returns its header."""
     infos = tables()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    filemodes.private_dir(out.parent)
     with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as body:
         async with snapshot() as conn:
             schema_rows = await conn.execute_query_dict("SELECT version FROM nexo_schema WHERE id = 1")
@@ -251,6 +251,8 @@ async def export_database(out: Path, progress: Progress) -> dict[str, Any]:
         }
         body.seek(0)
         partial = out.with_name(out.name + ".partial")
+        # 0600 whatever the umask: an export holds password hashes and messages.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, filemodes.FILE_MODE))
         with gzip.open(partial, "wt", encoding="utf-8") as handle:
             handle.write(canonical(header) + "\n")
             for line in body:

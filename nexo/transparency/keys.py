@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nexo import filemodes
 from nexo.config import ConfigError, Settings
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.sth import SignedTreeHead
@@ -40,9 +41,9 @@ def create_key(path: Path) -> Ed25519PrivateKey:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    filemodes.private_dir(path.parent)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, filemodes.FILE_MODE)
     except FileExistsError:
         return read_key(path)
     with os.fdopen(fd, "wb") as handle:
