@@ -22,7 +22,7 @@ from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, json
 
 from nexo import __version__, counters
-from nexo.tasks import cancel_and_wait
+from nexo.tasks import cancel_and_wait, repeat
 from nexo.timefmt import utc_iso
 
 log = logging.getLogger("nexo.health")
@@ -60,13 +60,8 @@ class HealthMonitor:
         self.last_ok = time.monotonic()
         self.last_error = None
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(REFRESH_SECONDS)
-            await self.refresh()
-
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="nexo-health")
+        self._task = repeat(REFRESH_SECONDS, self.refresh, "nexo-health")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)

@@ -19,7 +19,7 @@ from typing import Any
 from nexo import metrics
 from nexo.auth import repository as users
 from nexo.devices import repository as devices
-from nexo.tasks import cancel_and_wait
+from nexo.tasks import cancel_and_wait, repeat
 from nexo.timefmt import utc_iso
 from nexo.transparency import repository as log_repository
 from nexo.web.checklist import Sample
@@ -92,13 +92,8 @@ class Sampler:
             for d in latest
         ]
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(SAMPLE_SECONDS)
-            await self.sample()
-
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="nexo-console-sampler")
+        self._task = repeat(SAMPLE_SECONDS, self.sample, "nexo-console-sampler")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from nexo.tasks import cancel_and_wait
+from nexo.tasks import cancel_and_wait, repeat
 
 
 async def test_cancel_and_wait_returns_once_the_task_has_stopped() -> None:
@@ -29,3 +29,22 @@ async def test_cancel_and_wait_accepts_no_task_and_a_finished_one() -> None:
     await done
     await cancel_and_wait(done)
     assert done.done() and not done.cancelled()
+
+
+async def test_repeat_runs_the_work_after_each_pause_until_cancelled() -> None:
+    runs: list[float] = []
+    three = asyncio.Event()
+
+    async def work() -> None:
+        runs.append(asyncio.get_running_loop().time())
+        if len(runs) == 3:
+            three.set()
+
+    task = repeat(0.01, work, "test-repeat")
+    assert task.get_name() == "test-repeat"
+    await asyncio.wait_for(three.wait(), 10)
+    await cancel_and_wait(task)
+    assert task.cancelled()
+    count = len(runs)
+    await asyncio.sleep(0.05)
+    assert len(runs) == count
