@@ -47,6 +47,7 @@ FAULTS = {
     "client_cosign": "add a valid cosignature by --witness-key to the checkpoint",
     "client_bad_cosignature": "add a cosignature by --witness-key that does not verify",
     "client_drop_acks": "drop every other ack and reset the WebSocket every few frames",
+    "client_replay": "deliver every message frame twice, the copy under a new seq",
     "ack_drop_one_in_ten": "drop every tenth ack on a connection",
     "health_slow_one_connection_in_twenty": "answer /api/health 400 ms late on every twentieth connection",
     "inclusion_wrong": "corrupt the first hash of every inclusion proof (proof endpoint and registrations)",
@@ -156,6 +157,13 @@ class ClientAckDropper:
             if self.acks % 2:
                 return None, False
         return message, self.frames >= self.reset_after
+
+
+def client_replay(message: str) -> str:
+    """The same message frame under another seq (a server delivering one message twice)."""
+    frame = json.loads(message)
+    frame["seq"] = int(frame["seq"]) + 1_000_000_000
+    return json.dumps(frame)
 
 
 def _reset(client: Any) -> None:
@@ -300,6 +308,9 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
             nonlocal acks
             with contextlib.suppress(ConnectionClosed):
                 async for message in server:
+                    if fault == "client_replay" and '"message"' in str(message):
+                        await client.send(message)
+                        message = client_replay(str(message))
                     if dropper is not None:
                         forward, reset = dropper.on_frame(str(message))
                         if forward is not None:

@@ -352,7 +352,7 @@ class NexoClient:
             return  # not consumed: it stays on the server for the next sync
         seq, me = int(frame["seq"]), self.username
         to_me = frame.get("to") == me
-        if seq <= self.store.cursor() or self.store.was_handled(seq):
+        if seq <= self.store.cursor() or self.store.was_handled(seq, str(frame["message_id"])):
             if to_me:
                 await _delivered(ws, str(frame["message_id"]))
             return

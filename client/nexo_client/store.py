@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     queued_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS handled (seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (message_id TEXT PRIMARY KEY);
 """
 
 
@@ -153,12 +154,22 @@ class Store:
     def cursor(self) -> int:
         return int(self.get("cursor") or 0)
 
-    def was_handled(self, seq: int) -> bool:
-        return self.db.execute("SELECT 1 FROM handled WHERE seq = ?", (seq,)).fetchone() is not None
+    def was_handled(self, seq: int, message_id: str) -> bool:
+        """This seq, or this message_id under any seq (a server replaying a message), was handled."""
+        row = self.db.execute(
+            "SELECT 1 FROM handled WHERE seq = ? UNION ALL SELECT 1 FROM seen WHERE message_id = ?",
+            (seq, message_id),
+        ).fetchone()
+        return row is not None
 
     def mark_handled(self, seq: int, message_id: str) -> None:
-        """Record ``seq`` as handed to the application (never again)."""
-        self.db.execute("INSERT OR IGNORE INTO handled (seq, message_id) VALUES (?, ?)", (seq, message_id))
+        """Record ``seq`` and ``message_id`` as handed to the application (never again).
+
+        Seqs at or below the cursor are pruned; message ids are kept (about 60 bytes each).
+        """
+        with self.tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO handled (seq, message_id) VALUES (?, ?)", (seq, message_id))
+            conn.execute("INSERT OR IGNORE INTO seen (message_id) VALUES (?)", (message_id,))
 
     def advance_cursor(self, upto: int) -> None:
         """A ``sync`` up to ``upto`` was fully processed: the next one starts there.

@@ -3,6 +3,7 @@ the client's state unchanged, nothing sent."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from nexo_client import (
     Witness,
 )
 from nexo_client.log import TreeHead
-from tests.client.conftest import PASSWORD, ClientFactory, new_name, signing_key_file
+from tests.client.conftest import PASSWORD, ClientFactory, Inbox, new_name, signing_key_file
 from tests.test_contracts_fail import fault_proxy
 
 
@@ -155,3 +156,21 @@ async def test_an_older_tree_head_is_accepted_only_as_a_prefix_of_the_trusted_on
         assert client.verifier.trusted() == trusted
     finally:
         await client.close()
+
+
+async def test_a_message_replayed_under_another_seq_is_handed_over_once(
+    nexo: LocalServer, pair: tuple[str, str, Path], make_client: ClientFactory, tmp_path: Path
+) -> None:
+    _, bob, _ = pair
+    with fault_proxy(nexo.base_url, "client_replay", tmp_path / "proxy.log") as url:
+        receiver = await make_client(url, state=tmp_path / "bob")
+        inbox = Inbox()
+        receiver.on_message(inbox)
+        receiver.start()
+        sender = await make_client(nexo.base_url, state=tmp_path / "alice")
+        sender.start()
+        for text in ("one", "two"):
+            await sender.wait_acked(await sender.send(bob, text))
+        assert await inbox.wait(2) == ["one", "two"]
+        await asyncio.sleep(2)
+    assert inbox.texts == ["one", "two"]
