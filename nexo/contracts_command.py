@@ -28,6 +28,10 @@ PROMISES: dict[str, str] = {
     "test_no_duplicates.py": "No duplicate messages under retries",
     "test_rate_limit.py": "Rate limiting: 100 req/min, then 429 with Retry-After",
     "test_sth_chain.py": "STH chain: index +1, signatures, links, inclusion and consistency proofs verify",
+    "test_logout.py": "Logout ends the session everywhere: HTTP 401, open sockets closed 4401 within 1 s",
+    "test_malformed_message.py": "One malformed message fails alone: the valid ones around it are all acked",
+    "test_auth_budget.py": "The auth budget applies to every spelling of the auth paths",
+    "test_bad_input.py": "Bad input never answers 5xx: overflowing numbers, tokens that are not text",
 }
 
 

@@ -51,18 +51,27 @@ def _http_skips_signature() -> None:
 
 def _sockets_outlive_logout() -> None:
     """Open WebSockets are not closed when their session ends (new requests still are refused)."""
-    from nexo.realtime import sessions
+    from nexo.realtime import hub, sessions
 
     async def check(self: Any) -> int:
         return 0
 
     sessions.SessionWatch.check = check  # type: ignore[method-assign]
+    hub.Hub.end_sessions = lambda self, user_id, session_id, reason: 0  # type: ignore[method-assign]
+
+
+def _budget_by_raw_path() -> None:
+    """The limiter picks the budget from the raw path: ``/api/auth/login/`` escapes the auth budget."""
+    from nexo import ratelimit
+
+    ratelimit.budget_path = lambda request: request.path
 
 
 PATCHES = {
     "ignore_expiry": _ignore_expiry,
     "http_skips_signature": _http_skips_signature,
     "sockets_outlive_logout": _sockets_outlive_logout,
+    "budget_by_raw_path": _budget_by_raw_path,
 }
 
 for _name in filter(None, os.environ.get("NEXO_TEST_BREAK", "").split(",")):

@@ -52,6 +52,8 @@ FAULTS = {
     "health_slow_one_connection_in_twenty": "answer /api/health 400 ms late on every twentieth connection",
     "inclusion_wrong": "corrupt the first hash of every inclusion proof (proof endpoint and registrations)",
     "consistency_wrong": "corrupt the first hash of every consistency proof",
+    "poison_spreads": "after a send holding \\ud800 or \\u0000, turn the next 5 acks into errors",
+    "bad_input_500": "answer 500 where the server refused a request holding a 20-digit number with a 4xx",
 }
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
 
@@ -95,8 +97,14 @@ def client_fork_sth(doc: Any, signing_key: Any) -> Any:
     if {"index", "signature", "sth_hash", "root_hash"} <= set(doc) and int(doc["tree_size"]) >= 1:
         root = hashlib.sha256(b"fork" + base64.b64decode(doc["root_hash"])).digest()
         doc["root_hash"] = base64.b64encode(root).decode()
-        lines = [doc["origin"], str(doc["tree_size"]), doc["root_hash"], str(doc["index"]),
-                 str(doc["timestamp_ms"]), doc["prev_sth_hash"]]
+        lines = [
+            doc["origin"],
+            str(doc["tree_size"]),
+            doc["root_hash"],
+            str(doc["index"]),
+            str(doc["timestamp_ms"]),
+            doc["prev_sth_hash"],
+        ]
         signed = "".join(line + "\n" for line in lines).encode()
         signature = signing_key.sign(signed)
         doc["signature"] = base64.b64encode(signature).decode()
@@ -202,17 +210,31 @@ def _mutate_proofs(path: str, doc: Any, fault: str) -> Any:
 WITNESS_NAME = "witness.test/w1"
 
 
-def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
-                 witness_key_file: str | None = None) -> Sanic:
+def create_proxy(
+    upstream: str, fault: str, signing_key_file: str | None = None, witness_key_file: str | None = None
+) -> Sanic:
     app = Sanic("fault_proxy")
     app.config.ACCESS_LOG = False
     app.config.WEBSOCKET_PING_INTERVAL = None
     ws_upstream = "ws" + upstream[upstream.index(":") :].rstrip("/") + "/ws"
     # Keys load when given (a fault switched on later may need them) or when the fault needs them.
-    signing_key = (_load_private_key(signing_key_file)
-                   if signing_key_file or fault == "client_fork_sth" else None)
+    signing_key = (
+        _load_private_key(signing_key_file) if signing_key_file or fault == "client_fork_sth" else None
+    )
     witness_key = _load_private_key(witness_key_file) if witness_key_file or "cosign" in fault else None
     app.ctx.fault = fault
+
+    @app.on_request
+    def opaque_header_bytes(request: Request) -> None:
+        """Forward header bytes as the client sent them: Sanic reads them as UTF-8, surrogate-
+        escaping the rest, which neither httpx nor the WebSocket handshake accepts; re-read as
+        ISO-8859-1 (RFC 9110's opaque obs-text) they pass unchanged."""
+        headers = request.headers
+        for name in {key for key, value in headers.items() if not value.isascii()}:
+            values = headers.getall(name)
+            del headers[name]
+            for value in values:
+                headers.add(name, value.encode("utf-8", "surrogateescape").decode("latin-1"))
 
     @app.put("/__proxy/fault/<name>")
     async def switch_fault(request: Request, name: str) -> HTTPResponse:
@@ -232,7 +254,7 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
     @app.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     async def forward(request: Request, path: str) -> HTTPResponse:
         fault = app.ctx.fault
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        headers = {k: v.encode("latin-1") for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         response = await app.ctx.http.request(
             request.method,
             "/" + path,
@@ -269,6 +291,8 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
             body = json.dumps(client_json_fault(path, response.json(), fault, signing_key)).encode()
         if witness_key is not None and "cosign" in fault and path == "api/log/checkpoint" and status == 200:
             body = client_cosign(response.text, witness_key, WITNESS_NAME, fault == "client_cosign").encode()
+        if fault == "bad_input_500" and 400 <= status < 500 and "99999999999999999" in request.url:
+            status, body = 500, b'{"error": {"code": "internal_error", "message": "internal error"}}'
         if fault.endswith("_wrong") and response.headers.get("content-type", "").startswith(
             "application/json"
         ):
@@ -296,16 +320,20 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
         first_seq: list[int] = []
         dropper = ClientAckDropper() if fault == "client_drop_acks" else None
         acks = 0
+        spoiled = 0  # poison_spreads: acks still to turn into errors
 
         async def client_to_server() -> None:
+            nonlocal spoiled
             while True:
                 message = await client.recv()
                 if message is None:
                     return
+                if fault == "poison_spreads" and ("\\ud800" in message or "\\u0000" in message):
+                    spoiled = 5
                 await server.send(message)
 
         async def server_to_client() -> None:
-            nonlocal acks
+            nonlocal acks, spoiled
             with contextlib.suppress(ConnectionClosed):
                 async for message in server:
                     if fault == "client_replay" and '"message"' in str(message):
@@ -319,8 +347,13 @@ def create_proxy(upstream: str, fault: str, signing_key_file: str | None = None,
                             _reset(client)
                             return
                         continue
-                    rewrites = {"dup_new_seq", "ack_reused_seq", "ack_drop_one_in_ten"}
+                    rewrites = {"dup_new_seq", "ack_reused_seq", "ack_drop_one_in_ten", "poison_spreads"}
                     frame = json.loads(message) if fault in rewrites else {}
+                    if frame.get("type") == "ack" and spoiled > 0:
+                        spoiled -= 1
+                        unavailable = {"type": "error", "code": "service_unavailable", "message": "resend"}
+                        frame = {**unavailable, "message_id": frame["message_id"]}
+                        message = json.dumps(frame)
                     if frame.get("type") == "ack" and fault == "ack_drop_one_in_ten":
                         acks += 1
                         if acks % 10 == 0:

@@ -162,6 +162,14 @@ CASES = [
     # A fresh upstream: its log is empty when the suite starts, the case that used to prove nothing.
     ("inclusion_wrong", "test_sth_chain.py", "test_inclusion_proofs", "inclusion proof of leaf", True),
     ("consistency_wrong", "test_sth_chain.py", "test_consistency_proofs", "consistency proof", True),
+    (
+        "poison_spreads",
+        "test_malformed_message.py",
+        "test_a_malformed_message_among_valid_ones",
+        "valid messages sent around a malformed one got errors",
+        False,
+    ),
+    ("bad_input_500", "test_bad_input.py", "test_bad_parameters_get_a_4xx", "expected a 4xx", False),
 ]
 
 
@@ -368,4 +376,26 @@ def test_bad_token_contract_fails_when_the_http_guard_skips_signatures(
     assert (
         "tampered-signature: GET /api/me -> 200, expected 401"
         in failures["test_bad_token_is_refused[tampered-signature-http]"]
+    )
+
+
+def test_logout_contract_fails_when_open_sockets_outlive_the_session(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = broken_server(make_server, "sockets_outlive_logout")
+    code, failures, output = run_contracts(server.base_url, ["test_logout.py"], tmp_path, "--ws-timeout", "3")
+    assert code == 1, output
+    message = failures.get("test_logout_ends_the_session_on_http_and_open_sockets", "")
+    assert "kept the connection open" in message, f"{sorted(failures)}\n{output}"
+
+
+def test_auth_budget_contract_fails_when_a_spelling_escapes_it(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = broken_server(make_server, "budget_by_raw_path")
+    code, failures, output = run_contracts(server.base_url, ["test_auth_budget.py"], tmp_path)
+    assert code == 1, output
+    message = failures.get("test_every_spelling_of_an_auth_path_is_charged_to_the_auth_budget", "")
+    assert "charged to another budget than auth: /api/auth/login/ " in message, (
+        f"{sorted(failures)}\n{output}"
     )
