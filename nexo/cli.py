@@ -43,6 +43,7 @@ def _run_server(args: argparse.Namespace, *, dev: bool) -> int:
 
     from nexo.app import create_app, prepare_storage
     from nexo.db import close_db
+    from nexo.tls import server_ssl
 
     _apply_server_options(args)
     if dev:
@@ -50,9 +51,10 @@ def _run_server(args: argparse.Namespace, *, dev: bool) -> int:
     try:
         settings = load_settings(dev=dev)
         settings.check_deployment()
+        cert, key = settings.tls_cert, settings.tls_key
+        ssl = server_ssl(cert, key) if cert is not None and key is not None else None
     except ConfigError as exc:
         return fail(str(exc))
-    ssl = {"cert": str(settings.tls_cert), "key": str(settings.tls_key)} if settings.tls else None
 
     async def preflight() -> None:
         try:

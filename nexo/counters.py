@@ -12,6 +12,8 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import F
 from tortoise.models import Model
 
+from nexo import db
+
 
 class Counter(Model):
     name = fields.CharField(max_length=64, primary_key=True)
@@ -33,6 +35,14 @@ async def set_value(name: str, value: int, *, using: BaseDBAsyncClient | None = 
     updated = await Counter.filter(name=name).using_db(using).update(value=value)
     if not updated:
         await Counter.create(name=name, value=value, using_db=using)
+
+
+def read_all_now() -> dict[str, int] | None:
+    """:func:`read_all` in place through the SQLite :class:`nexo.db.QuickReader` (never waits
+    behind the writer); ``None`` when there is none or it cannot read at once."""
+    reader = db.quick_reader()
+    rows = reader.fetch("SELECT name, value FROM counters", ()) if reader is not None else None
+    return None if rows is None else {str(name): int(value) for name, value in rows}
 
 
 async def read_all() -> dict[str, int]:

@@ -5,6 +5,13 @@ A background task reads the maintained counters (``nexo.counters``) every
 database work however large the tables grow. When the last successful read is
 older than ``STALE_SECONDS`` the service reports ``degraded`` with 503.
 
+``snapshot_age_ms`` says how old the snapshot is: milliseconds since the read that
+made it *started*, so the snapshot holds every commit made before that moment. On
+SQLite the read goes through the process's read-only :class:`nexo.db.QuickReader`
+connection, which in WAL mode never waits behind the writer: a burst of device
+registrations (one write transaction after another on the single writer connection)
+no longer delays the snapshot; it stays within about one refresh of the database.
+
 The latest STH older than ``NEXO_STH_MAX_AGE`` plus ``STH_AGE_GRACE_SECONDS``
 (the heartbeat should have renewed it) adds an ``sth_stale`` warning: the log
 looks frozen to a monitor, though the service still answers (200).
@@ -43,13 +50,17 @@ class HealthMonitor:
     database: str
     sth_max_age: float = 300.0
     values: dict[str, int] = field(default_factory=dict)
+    #: ``time.monotonic()`` when the read behind ``values`` started (0: never read).
     last_ok: float = 0.0
     last_error: str | None = None
     _task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
+        started = time.monotonic()
         try:
-            self.values = await asyncio.wait_for(counters.read_all(), QUERY_TIMEOUT)
+            values = counters.read_all_now()
+            if values is None:  # PostgreSQL, or SQLite could not be read at once
+                values = await asyncio.wait_for(counters.read_all(), QUERY_TIMEOUT)
         except Exception as exc:  # any failure means "the database does not answer"
             if self.last_error is None:
                 log.error("health: database check failed: %r", exc)
@@ -57,7 +68,8 @@ class HealthMonitor:
             return
         if self.last_error is not None:
             log.warning("health: database answers again")
-        self.last_ok = time.monotonic()
+        self.values = values
+        self.last_ok = started
         self.last_error = None
 
     def start(self) -> None:
@@ -67,11 +79,13 @@ class HealthMonitor:
         await cancel_and_wait(self._task)
 
     def report(self) -> tuple[int, dict[str, object]]:
-        healthy = time.monotonic() - self.last_ok <= STALE_SECONDS
+        snapshot_age = time.monotonic() - self.last_ok
+        healthy = snapshot_age <= STALE_SECONDS
         now = datetime.now(UTC)
         body: dict[str, object] = {
             "status": "ok" if healthy else "degraded",
             "timestamp": utc_iso(now),
+            "snapshot_age_ms": int(snapshot_age * 1000),
             "users_count": self.values.get("users", 0),
             "sth_count": self.values.get("sths", 0),
             "version": __version__,
