@@ -122,3 +122,21 @@ def db_execute(server: LocalServer, sql: str, params: tuple[Any, ...] = ()) -> N
     else:
         with sqlite3.connect(server.data_dir / "nexo.db") as conn:
             conn.execute(sql, params)
+
+
+def db_scalar(server: LocalServer, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    """The first column of the first row of one query (``?`` placeholders), behind the server's back."""
+    url = server.env.get("DATABASE_URL")
+    if url:
+
+        async def run() -> Any:
+            conn = await asyncpg.connect(url)
+            try:
+                return await conn.fetchval(db.placeholders(sql, "postgres"), *params)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+    with sqlite3.connect(server.data_dir / "nexo.db") as conn:
+        row = conn.execute(sql, params).fetchone()
+    return row[0] if row else None

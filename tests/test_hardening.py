@@ -7,20 +7,17 @@ development secret file that is empty or short; auth tables that only grow.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
-import sqlite3
 import stat
 import time
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from contracts.client import Account
 from contracts.server import LocalServer, run_nexo
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, db_scalar
 
 FORGED = "2031-01-01 00:00:00,000 critical nexo.auth [1] forged alert"
 
@@ -94,19 +91,7 @@ def test_nexo_dev_refuses_an_empty_or_weak_secret_file(tmp_path: Path, content: 
 
 
 def _count(server: LocalServer, table: str) -> int:
-    url = server.env.get("DATABASE_URL")
-    if url:
-
-        async def run() -> int:
-            conn = await asyncpg.connect(url)
-            try:
-                return int(await conn.fetchval(f"SELECT COUNT(*) FROM {table}"))
-            finally:
-                await conn.close()
-
-        return asyncio.run(run())
-    with sqlite3.connect(server.data_dir / "nexo.db") as conn:
-        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+    return int(db_scalar(server, f"SELECT COUNT(*) FROM {table}"))
 
 
 def test_expired_auth_rows_are_pruned_on_schedule(make_server: ServerFactory) -> None:
