@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nexo import filemodes
+from nexo.transparency.cosignature import CosignatureError, WitnessKey, parse_vkey
 
 PLACEHOLDER_SECRETS = frozenset({"change_me", "changeme", "secret", "please_change_me"})
 MIN_SECRET_BYTES = 32
@@ -86,6 +87,9 @@ class Settings:
     sth_max_age: float = 300.0
     #: Characters of frames one connection may have waiting for its socket (slow consumer: 1008).
     ws_outbox_bytes: int = 1024 * 1024
+    witnesses: tuple[Witness, ...] = ()
+    witness_quorum: int = 0
+    witness_interval: float = 10.0
     workers: int = 1
     metrics_token: str | None = None
     console_token: str | None = None
@@ -155,6 +159,7 @@ class Settings:
         if not _PREFIX_RE.match(redis_prefix):
             raise ConfigError(f"NEXO_REDIS_PREFIX={redis_prefix!r}: use 1-64 of letters, digits and _ . : -")
         key_file = env.get("NEXO_SIGNING_KEY_FILE")
+        witnesses = parse_witnesses(env.get("NEXO_WITNESSES", ""))
         return cls(
             jwt_secret=secret,
             port=_int(env, "PORT", 5000, minimum=0, maximum=65535),
@@ -189,6 +194,9 @@ class Settings:
             workers=workers,
             ws_push_sweep_seconds=_seconds(env, "NEXO_WS_PUSH_SWEEP_SECONDS", 2.0, minimum=0.1, maximum=60.0),
             sth_interval=_seconds(env, "NEXO_STH_INTERVAL", 0.05, minimum=0.0, maximum=60.0),
+            witnesses=witnesses,
+            witness_quorum=_quorum(env, witnesses),
+            witness_interval=_seconds(env, "NEXO_WITNESS_INTERVAL", 10.0, minimum=0.1, maximum=3600.0),
             sth_max_age=_seconds(env, "NEXO_STH_MAX_AGE", 300.0, minimum=1.0, maximum=30 * 24 * 3600.0),
             metrics_token=env.get("NEXO_METRICS_TOKEN") or None,
             console_token=console_token,
@@ -220,6 +228,51 @@ class Settings:
                 f"SQLite serves one worker process; {self.workers} workers were asked for. "
                 "Use PostgreSQL for several workers (DATABASE_URL=postgresql://...), or --workers 1."
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Witness:
+    """A C2SP tlog-witness: its submission prefix and its cosigner key."""
+
+    url: str
+    key: WitnessKey
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+
+def parse_witnesses(text: str) -> tuple[Witness, ...]:
+    """``NEXO_WITNESSES``: comma-separated ``<url> <vkey>`` pairs."""
+    found: list[Witness] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        fields_ = item.split()
+        if len(fields_) != 2:
+            raise ConfigError(
+                f"NEXO_WITNESSES: {item!r} is not '<url> <vkey>' (pairs are separated by commas)"
+            )
+        url, vkey = fields_
+        parsed = urlparse(url)
+        if parsed.scheme not in {"http", "https"} or not parsed.netloc or parsed.query or parsed.fragment:
+            raise ConfigError(f"NEXO_WITNESSES: {url!r} is not an http(s) URL prefix")
+        try:
+            key = parse_vkey(vkey)
+        except CosignatureError as exc:
+            raise ConfigError(f"NEXO_WITNESSES: {exc}") from None
+        if any(w.name == key.name for w in found):
+            raise ConfigError(f"NEXO_WITNESSES: the witness {key.name} is listed twice")
+        found.append(Witness(url.rstrip("/"), key))
+    return tuple(found)
+
+
+def _quorum(env: Mapping[str, str], witnesses: tuple[Witness, ...]) -> int:
+    if not witnesses:
+        if env.get("NEXO_WITNESS_QUORUM"):
+            raise ConfigError("NEXO_WITNESS_QUORUM is set but NEXO_WITNESSES lists no witness")
+        return 0
+    return _int(env, "NEXO_WITNESS_QUORUM", 1, minimum=1, maximum=len(witnesses))
 
 
 def check_secret(secret: str, variable: str) -> None:

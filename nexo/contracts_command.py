@@ -32,6 +32,7 @@ PROMISES: dict[str, str] = {
     "test_malformed_message.py": "One malformed message fails alone: the valid ones around it are all acked",
     "test_auth_budget.py": "The auth budget applies to every spelling of the auth paths",
     "test_bad_input.py": "Bad input never answers 5xx: overflowing numbers, tokens that are not text",
+    "test_witness.py": "Witnesses: the checkpoint is cosigned by the configured quorum",
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -86,3 +87,83 @@ def venv_bin() -> Path:
 def tool(name: str) -> str:
     """Path of the ``aics-witness`` or ``aics-tlog`` command."""
     return str(venv_bin() / name)
+
+
+class AicsWitness:
+    """A real ``aics-witness`` process on 127.0.0.1, configured for one Nexo log.
+
+    ``extension_lines`` is on: Nexo's checkpoints carry three (index, time, previous hash).
+    ``initial`` pins a checkpoint ``(size, base64 root)`` the witness starts from.
+    """
+
+    def __init__(self, directory: Path, name: str) -> None:
+        from contracts.server import free_port
+
+        self.directory = directory
+        self.name = name
+        self.port = free_port()
+        self.config = directory / "witness.json"
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [tool("aics-witness"), "init", "--config", str(self.config), "--name", name,
+             "--listen", f"127.0.0.1:{self.port}"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        self.vkey = done.stdout.strip().splitlines()[0]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def trust(self, origin: str, log_vkey: str, initial: tuple[int, str] | None = None) -> None:
+        config = json.loads(self.config.read_text())
+        entry: dict[str, object] = {"origin": origin, "vkeys": [log_vkey], "extension_lines": True}
+        if initial is not None:
+            entry["initial"] = {"size": initial[0], "root": initial[1]}
+        config["logs"] = [entry]
+        self.config.write_text(json.dumps(config, indent=2))
+
+    def start(self) -> AicsWitness:
+        import socket
+        import time
+
+        log = open(self.directory / "witness.log", "ab")
+        self.process = subprocess.Popen(
+            [tool("aics-witness"), "serve", "--config", str(self.config), "--log-level", "DEBUG"],
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"aics-witness exited: {self.log_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"aics-witness did not listen: {self.log_text()[-2000:]}")
+
+    def log_text(self) -> str:
+        path = self.directory / "witness.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def evidence(self) -> list[object]:
+        """Log-signed requests the witness refused as inconsistent (``aics-witness evidence``)."""
+        done = subprocess.run(
+            [tool("aics-witness"), "evidence", "--config", str(self.config)],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        data = json.loads(done.stdout or "[]")
+        return list(data) if isinstance(data, list) else list(data.get("evidence", data.get("records", [])))
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

@@ -53,6 +53,7 @@ class Doctor:
             ("No duplicate messages in database", self.duplicates),
             ("WebSocket connections stable", self.websocket),
             ("STH chain index incrementing", self.sth_chain),
+            ("Witnesses cosigning", self.witnesses),
             ("JWT tokens refreshing properly", self.jwt),
             ("Rate limiting working (100 req/min)", self.rate_limiting),
         ]
@@ -141,6 +142,40 @@ class Doctor:
             return Check("", False, f"latest index {index}; audit: {problems}")
         age = health.get("sth_latest_age_seconds")
         return Check("", True, f"latest index {index} = sth_count - 1, {age} s old; audit clean")
+
+    async def witnesses(self) -> Check:
+        """Each configured witness's latest cosigned STH, failures and last error (issue 17)."""
+        if self.settings is None:
+            return Check("", False, self.settings_error or "settings not loaded")
+        configured = self.settings.witnesses
+        if not configured:
+            return Check("", True, "no witnesses configured (NEXO_WITNESSES)")
+        if not self.use_db:
+            return Check("", False, "needs the database: run on a host with its DATABASE_URL (not --no-db)")
+        from nexo.transparency import witness_repository
+
+        states = await witness_repository.states()
+        latest = int((await self.client.get("/api/sth/latest")).json()["index"])
+        healthy, lines = 0, []
+        for witness in configured:
+            state = states.get(witness.name)
+            if state is None:
+                lines.append(f"{witness.name}: never submitted to")
+                continue
+            cosigned = int(state["cosigned_index"])
+            line = f"{witness.name}: cosigned STH {cosigned} (latest {latest}), {state['failures']} failures"
+            failing = state["last_error"] and int(state["last_error_ms"]) >= int(state["last_success_ms"])
+            if failing:
+                line += f", last error: {state['last_error']}"
+            elif cosigned >= 0:
+                healthy += 1
+            lines.append(line)
+        quorum = self.settings.witness_quorum
+        return Check(
+            "",
+            healthy >= quorum,
+            f"{healthy} of {len(configured)} healthy, quorum {quorum}; " + "; ".join(lines),
+        )
 
     async def _audit(self) -> str | None:
         """Run the transparency audit against the URL; ``None`` when clean."""

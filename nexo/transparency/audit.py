@@ -33,8 +33,11 @@ from typing import Any, Protocol
 
 import httpx
 
+from nexo.config import Witness
 from nexo.transparency import merkle
 from nexo.transparency import sth as sth_mod
+from nexo.transparency.cosignature import Cosignature, CosignatureError
+from nexo.transparency.cosignature import verify as verify_cosignature
 from nexo.transparency.sth import SignedTreeHead, STHError, TreeHead
 
 
@@ -58,6 +61,7 @@ class AnomalyKind(StrEnum):
     UNSIGNED_LEAVES = "unsigned_leaves"
     FORK = "fork"
     EMPTY_LOG = "empty_log"
+    BAD_COSIGNATURE = "bad_cosignature"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,13 @@ class Report:
     latest: dict[str, Any] | None = None
     anomalies: list[Anomaly] = field(default_factory=list)
     seconds: float = 0.0
+    #: Witness checks (only with configured witnesses): STHs whose valid cosignatures reach the quorum.
+    witnesses: list[str] = field(default_factory=list)
+    quorum: int = 0
+    cosigned_sths: int = 0
+    latest_quorum_index: int | None = None
+    #: Per STH with cosignatures: {"index", "valid": [witness names], "quorum": bool}.
+    cosigned: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -92,6 +103,15 @@ class Report:
             f"proofs in {self.seconds:.1f}s: {verdict}"
         )
 
+    def witness_summary(self) -> str | None:
+        if not self.witnesses:
+            return None
+        newest = "none" if self.latest_quorum_index is None else f"STH {self.latest_quorum_index}"
+        return (
+            f"witnesses {', '.join(self.witnesses)}: {self.cosigned_sths} STHs cosigned by the quorum of "
+            f"{self.quorum}; newest {newest}"
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "clean": self.clean,
@@ -101,6 +121,11 @@ class Report:
             "seconds": round(self.seconds, 3),
             "latest": self.latest,
             "anomalies": [{**asdict(a), "kind": a.kind.value} for a in self.anomalies],
+            "witnesses": self.witnesses,
+            "quorum": self.quorum,
+            "cosigned_sths": self.cosigned_sths,
+            "latest_quorum_index": self.latest_quorum_index,
+            "cosigned": self.cosigned,
         }
 
 
@@ -110,6 +135,7 @@ class RawSTH:
 
     sth: SignedTreeHead
     stated_hash: bytes | None
+    cosignatures: tuple[Cosignature, ...] = ()
 
 
 class Source(Protocol):
@@ -194,10 +220,18 @@ async def run_audit(
     progress: bool = True,
     on_anomaly: Callable[[Anomaly], None] | None = None,
     check_signatures: bool = True,
+    witnesses: tuple[Witness, ...] = (),
+    quorum: int = 0,
 ) -> Report:
-    """Audit everything ``source`` holds; never raises for what it finds, only reports it."""
+    """Audit everything ``source`` holds; never raises for what it finds, only reports it.
+
+    With ``witnesses``, every stored cosignature by one of them is verified
+    (``cosignature/v1`` over the STH's checkpoint body) and the quorum is reported per STH;
+    cosignatures by other keys are ignored.
+    """
     started = time.monotonic()
-    report = Report()
+    report = Report(witnesses=[w.name for w in witnesses], quorum=quorum)
+    keys = {w.name: w.key for w in witnesses}
 
     def flag(kind: AnomalyKind, subject: str, index: int, message: str) -> None:
         anomaly = Anomaly(kind, subject, index, message)
@@ -347,6 +381,22 @@ async def run_audit(
                     index,
                     f"the root recomputed from leaves 0..{current.tree_size - 1} differs",
                 )
+        if keys and raw.cosignatures:
+            valid = []
+            for cosig in raw.cosignatures:
+                key_ = keys.get(cosig.name)
+                if key_ is None:
+                    continue
+                try:
+                    verify_cosignature(cosig, current.head.signed_bytes(), key_)
+                    valid.append(cosig.name)
+                except CosignatureError as exc:
+                    flag(AnomalyKind.BAD_COSIGNATURE, "sth", index, str(exc))
+            met = len(set(valid)) >= quorum > 0
+            report.cosigned.append({"index": index, "valid": sorted(set(valid)), "quorum": met})
+            if met:
+                report.cosigned_sths += 1
+                report.latest_quorum_index = index
         if remembered is not None and index == remembered["index"]:
             seen_remembered = True
             if sth_mod.b64(current.sth_hash) != remembered["sth_hash"]:
@@ -465,10 +515,15 @@ class LocalSource:
         return (latest.index + 1 if latest else 0), await repository.leaf_count()
 
     async def sths(self) -> AsyncIterator[RawSTH]:
-        from nexo.transparency import repository
+        from nexo.transparency import repository, witness_repository
 
+        window: dict[int, list[Cosignature]] = {}
+        window_end = -1
         async for sth, stated_hash in repository.iter_sths(self.PAGE):
-            yield RawSTH(sth, stated_hash)
+            if sth.index > window_end:
+                window_end = sth.index + self.PAGE - 1
+                window = await witness_repository.cosignatures(sth.index, window_end)
+            yield RawSTH(sth, stated_hash, tuple(window.get(sth.index, ())))
 
     async def leaves(self) -> AsyncIterator[tuple[int, bytes, bytes | None]]:
         from nexo.transparency import repository
@@ -595,9 +650,19 @@ def _raw_from_json(item: dict[str, Any]) -> RawSTH:
             timestamp_ms=int(item["timestamp_ms"]),
             prev_sth_hash=sth_mod.unb64(item["prev_sth_hash"], "prev_sth_hash"),
         )
+        cosigs = tuple(
+            Cosignature(
+                str(c["witness"]),
+                sth_mod.unb64(c["key_id"], "key_id"),
+                int(c["timestamp"]),
+                sth_mod.unb64(c["signature"], "cosignature"),
+            )
+            for c in item.get("cosignatures", ())
+        )
         return RawSTH(
             SignedTreeHead(head, sth_mod.unb64(item["signature"], "signature")),
             sth_mod.unb64(item["sth_hash"], "sth_hash"),
+            cosigs,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed STH from the server: {exc}") from None

@@ -33,17 +33,23 @@ def _print_anomaly(anomaly: Anomaly) -> None:
 async def _audit(args: argparse.Namespace, public_key: bytes | None) -> Report:
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     live = None if args.json else _print_anomaly
+    settings = offline_settings()  # NEXO_WITNESSES and NEXO_WITNESS_QUORUM: the keys to check
     if args.url:
         async with (
             httpx.AsyncClient(timeout=args.timeout) as client,
             contextlib.aclosing(RemoteSource(args.url, client)) as remote,
         ):
             return await run_audit(
-                remote, public_key=public_key, checkpoint=checkpoint, progress=not args.quiet, on_anomaly=live
+                remote,
+                public_key=public_key,
+                checkpoint=checkpoint,
+                progress=not args.quiet,
+                on_anomaly=live,
+                witnesses=settings.witnesses,
+                quorum=settings.witness_quorum,
             )
     from nexo import db
 
-    settings = offline_settings()
     if settings.database_kind == "sqlite" and not settings.sqlite_path.exists():
         raise FileNotFoundError(f"no database at {settings.sqlite_path} (set NEXO_DATA_DIR or DATABASE_URL)")
     await db.init_db(settings, create_schema=False)
@@ -54,6 +60,8 @@ async def _audit(args: argparse.Namespace, public_key: bytes | None) -> Report:
             checkpoint=checkpoint,
             progress=not args.quiet,
             on_anomaly=live,
+            witnesses=settings.witnesses,
+            quorum=settings.witness_quorum,
         )
     finally:
         await db.close_db()
@@ -86,6 +94,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             )
         for anomaly in report.anomalies:
             print(f"ANOMALY {anomaly.line()}")
+        if (witness_line := report.witness_summary()) is not None:
+            print(witness_line)
         print(report.summary())
     return EXIT_OK if report.clean else EXIT_PROBLEM
 
@@ -98,7 +108,9 @@ def register(subparsers: Any) -> None:
         "a consistency proof between neighbours, every leaf hash and the roots recomputed from the "
         "leaves. Reads the local database (NEXO_DATA_DIR / DATABASE_URL, key from the signing key "
         "file) or, with --url, a deployment's public API only. Prints each anomaly with its STH or "
-        "leaf index and kind. Exit code 0: intact; 1: anomalies found; 2: could not audit.",
+        "leaf index and kind. With NEXO_WITNESSES set, also verifies every stored cosignature by those "
+        "witnesses and reports, per STH, whether NEXO_WITNESS_QUORUM of them cosigned it. "
+        "Exit code 0: intact; 1: anomalies found; 2: could not audit.",
     )
     parser.add_argument(
         "--url", help="audit a deployment through its public API, e.g. https://nexo.example.com"

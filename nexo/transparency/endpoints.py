@@ -21,6 +21,7 @@ from nexo.transparency import sth as sth_mod
 from nexo.transparency.keys import load_signing_key
 from nexo.transparency.sequencer import Sequencer, ensure_genesis
 from nexo.transparency.service import LogErrorCode
+from nexo.transparency.witness import WitnessSubmitter
 from nexo.validation import INT64_MAX, Query, parse_query, path_parameter, query_parameters
 
 bp = Blueprint("transparency", url_prefix="/api")
@@ -116,9 +117,18 @@ def setup(app: Sanic) -> None:
         app.ctx.log_public_key = sth_mod.public_key_bytes(key)
         app.ctx.sequencer = Sequencer(key, interval=settings.sth_interval, max_age=settings.sth_max_age)
         app.ctx.sequencer.start()
+        app.ctx.witness_submitter = None
+        if settings.witnesses:
+            app.ctx.witness_submitter = WitnessSubmitter(
+                settings.witnesses, settings.witness_interval, app.ctx.log_public_key
+            )
+            app.ctx.witness_submitter.start()
 
     @app.before_server_stop
     async def stop_sequencer(app: Sanic) -> None:
+        submitter = getattr(app.ctx, "witness_submitter", None)
+        if submitter is not None:
+            await submitter.stop()
         sequencer = getattr(app.ctx, "sequencer", None)
         if sequencer is not None:
             await sequencer.stop()
@@ -142,7 +152,7 @@ async def sth_latest(request: Request) -> HTTPResponse:
 async def sth_by_index(request: Request, index: str) -> HTTPResponse:
     if not (index.isascii() and index.isdecimal() and len(index) <= 19 and int(index) <= INT64_MAX):
         raise BadRequest(f"STH index {index!r} is not a whole number", code=LogErrorCode.INVALID_PARAMETER)
-    return _json((await service.sth_at(int(index))).to_json())
+    return _json((await service.sth_json([await service.sth_at(int(index))]))[0])
 
 
 @bp.get("/sth")
@@ -151,7 +161,7 @@ async def sth_by_index(request: Request, index: str) -> HTTPResponse:
 @openapi.response(200, {"application/json": STHList})
 async def sth_list(request: Request) -> HTTPResponse:
     query = parse_query(request, PageQuery)
-    return _json({"sths": [s.to_json() for s in await service.sth_page(query.start, query.limit)]})
+    return _json({"sths": await service.sth_json(await service.sth_page(query.start, query.limit))})
 
 
 @bp.get("/log/entries")
@@ -189,9 +199,31 @@ async def log_key(request: Request) -> HTTPResponse:
     return json(service.key_info(settings.log_origin, request.app.ctx.log_public_key))
 
 
+class WitnessInfo(BaseModel):
+    name: str
+    vkey: str
+    url: str
+
+
+class WitnessList(BaseModel):
+    quorum: int
+    witnesses: list[WitnessInfo]
+
+
+@bp.get("/log/witnesses")
+@openapi.summary("The witnesses that cosign this log's checkpoints, and the quorum (NEXO_WITNESSES)")
+@openapi.response(200, {"application/json": WitnessList})
+async def log_witnesses(request: Request) -> HTTPResponse:
+    settings: Settings = request.app.ctx.settings
+    return json(service.witness_info(settings.witnesses, settings.witness_quorum))
+
+
 @bp.get("/log/checkpoint")
 @openapi.summary("The latest STH as a C2SP signed note")
 @openapi.response(200, {"text/plain": str})
 async def log_checkpoint(request: Request) -> HTTPResponse:
-    note, headers = await service.served_checkpoint(request.app.ctx.log_public_key)
+    settings: Settings = request.app.ctx.settings
+    note, headers = await service.served_checkpoint(
+        request.app.ctx.log_public_key, settings.witnesses, settings.witness_quorum
+    )
     return text(note, headers={**NO_CACHE, **headers}, content_type="text/plain; charset=utf-8")

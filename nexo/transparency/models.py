@@ -53,3 +53,45 @@ class LogNode(Model):
 
     class Meta:
         table = "log_nodes"
+
+
+class STHCosignature(Model):
+    """A witness's verified cosignature (C2SP tlog-cosignature v1) of one STH's checkpoint."""
+
+    id = fields.BigIntField(primary_key=True)
+    sth_index = fields.BigIntField(db_index=True)
+    witness = fields.CharField(max_length=255)
+    key_id = fields.BinaryField()
+    timestamp = fields.BigIntField()
+    signature = fields.BinaryField()
+
+    class Meta:
+        table = "sth_cosignatures"
+        unique_together = (("sth_index", "witness"),)
+
+
+class WitnessState(Model):
+    """What Nexo knows of one witness: the tree size it holds and how submissions went."""
+
+    name = fields.CharField(max_length=255, primary_key=True)
+    size = fields.BigIntField(default=0)
+    cosigned_index = fields.BigIntField(default=-1)
+    last_attempt_ms = fields.BigIntField(default=0)
+    last_success_ms = fields.BigIntField(default=0)
+    last_error = fields.TextField(null=True)
+    last_error_ms = fields.BigIntField(default=0)
+    failures = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "witness_states"
+
+
+class WitnessLease(Model):
+    """Who submits to the witnesses now: one worker of one instance at a time."""
+
+    name = fields.CharField(max_length=64, primary_key=True)
+    holder = fields.CharField(max_length=128)
+    until_ms = fields.BigIntField()
+
+    class Meta:
+        table = "witness_lease"

@@ -10,9 +10,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from nexo.config import Witness
 from nexo.errors import BadRequest, ServiceUnavailable
-from nexo.transparency import merkle, repository
+from nexo.transparency import merkle, repository, witness_repository
 from nexo.transparency import sth as sth_mod
+from nexo.transparency.cosignature import Cosignature
 from nexo.transparency.sth import SignedTreeHead, b64
 
 MAX_PAGE = 1000
@@ -126,11 +128,62 @@ def key_info(origin: str, public_key: bytes) -> dict[str, str]:
     }
 
 
-#: Header naming the STH index of the served checkpoint note.
+#: Headers naming the STH of the served checkpoint note and how many cosignatures it carries.
 CHECKPOINT_INDEX_HEADER = "Nexo-Checkpoint-Index"
+CHECKPOINT_COSIGNATURES_HEADER = "Nexo-Checkpoint-Cosignatures"
 
 
-async def served_checkpoint(public_key: bytes) -> tuple[str, dict[str, str]]:
-    """The checkpoint note to serve and its headers (which STH it is)."""
-    head = await latest()
-    return sth_mod.signed_note(head, public_key), {CHECKPOINT_INDEX_HEADER: str(head.index)}
+class _QuorumMark:
+    """The newest STH index known to be cosigned by the quorum (it only grows), so each
+    request scans only the cosignatures stored since."""
+
+    value = -1
+
+
+async def served_checkpoint(
+    public_key: bytes, witnesses: tuple[Witness, ...] = (), quorum: int = 0
+) -> tuple[str, dict[str, str]]:
+    """The note to serve: the newest STH cosigned by ``quorum`` of ``witnesses``, with the log's
+    signature and those cosignature lines; the latest STH (log signature only) when none is."""
+    head: SignedTreeHead | None = None
+    cosigs: list[Cosignature] = []
+    if witnesses and quorum:
+        names = [w.name for w in witnesses]
+        index = await witness_repository.newest_cosigned(names, quorum, max(0, _QuorumMark.value))
+        if index is not None:
+            _QuorumMark.value = max(_QuorumMark.value, index)
+            head = await repository.get_sth(index)
+            cosigs = (await witness_repository.cosignatures(index, index)).get(index, [])
+            cosigs = [c for c in cosigs if c.name in names]
+    if head is None:
+        head = await latest()
+    note = sth_mod.signed_note(head, public_key) + "".join(f"{c.line()}\n" for c in cosigs)
+    return note, {CHECKPOINT_INDEX_HEADER: str(head.index), CHECKPOINT_COSIGNATURES_HEADER: str(len(cosigs))}
+
+
+def witness_info(witnesses: tuple[Witness, ...], quorum: int) -> dict[str, Any]:
+    return {
+        "quorum": quorum,
+        "witnesses": [{"name": w.name, "vkey": w.key.vkey, "url": w.url} for w in witnesses],
+    }
+
+
+def cosignature_json(cosig: Cosignature) -> dict[str, Any]:
+    return {
+        "witness": cosig.name,
+        "key_id": b64(cosig.key_id),
+        "timestamp": cosig.timestamp,
+        "signature": b64(cosig.signature),
+        "line": cosig.line(),
+    }
+
+
+async def sth_json(heads: list[SignedTreeHead]) -> list[dict[str, Any]]:
+    """The STH objects, each with ``cosignatures`` when witnesses cosigned it."""
+    bodies = [head.to_json() for head in heads]
+    if heads:
+        stored = await witness_repository.cosignatures(heads[0].index, heads[-1].index)
+        for body in bodies:
+            if found := stored.get(body["index"]):
+                body["cosignatures"] = [cosignature_json(c) for c in found]
+    return bodies

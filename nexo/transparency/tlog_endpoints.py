@@ -26,7 +26,10 @@ OCTETS = "application/octet-stream"
 @openapi.summary("The checkpoint (C2SP signed note) of the tlog-tiles API")
 @openapi.response(200, {"text/plain": str})
 async def tlog_checkpoint(request: Request) -> HTTPResponse:
-    note, headers = await service.served_checkpoint(request.app.ctx.log_public_key)
+    settings = request.app.ctx.settings
+    note, headers = await service.served_checkpoint(
+        request.app.ctx.log_public_key, settings.witnesses, settings.witness_quorum
+    )
     return text(note, headers={**CHECKPOINT_CACHE, **headers}, content_type="text/plain; charset=utf-8")
 
 

@@ -118,6 +118,8 @@ def _client_process(
 
 def bench_register(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     env = {**FAST_LIMITS, "JWT_SECRET": random_secret()}
+    if args.sth_interval is not None:
+        env["NEXO_STH_INTERVAL"] = str(args.sth_interval)
     if args.backend == "postgres":
         env["DATABASE_URL"] = stack.enter_context(scratch_postgres())
     data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nexo-bench-")))
@@ -175,7 +177,11 @@ def bench_register(args: argparse.Namespace, stack: contextlib.ExitStack) -> Non
         f"  request->signed STH p50 {statistics.median(ms):.1f} ms, p99 {_percentile(ms, 0.99):.1f} ms, "
         f"max {ms[-1]:.1f} ms"
     )
+    interval = args.sth_interval if args.sth_interval is not None else 0.05  # NEXO_STH_INTERVAL default
     print(f"  STHs signed         {sths} (mean batch {len(ms) / max(sths, 1):.1f} leaves)")
+    per_10k = sths * 10_000 / max(len(ms), 1)
+    bound = f"bound {1 / interval:.0f}/s" if interval else "no bound"
+    print(f"  STHs per 10,000 registrations {per_10k:.0f}; {sths / args.seconds:.1f} STHs/s ({bound})")
     print(
         f"  server CPU          {server_cpu / max(len(ms), 1) * 1e6:.0f} us per registration "
         f"({server_cpu / args.seconds:.2f} cores busy)"
@@ -513,6 +519,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50, help="concurrent registering clients")
     parser.add_argument("--seconds", type=float, default=10.0, help="registration run length")
     parser.add_argument("--workers", type=int, default=1, help="server workers (more than 1 needs postgres)")
+    parser.add_argument(
+        "--sth-interval", type=float, default=None, help="NEXO_STH_INTERVAL (default: the server's default)"
+    )
     parser.add_argument("--client-processes", type=int, default=1)
     parser.add_argument("--leaves", type=int, default=1_000_000)
     parser.add_argument("--sth-every", type=int, default=1000, help="bulk load: leaves per STH")

@@ -1,0 +1,64 @@
+"""Benchmark the tlog-tiles read API: full tiles served per second by one worker.
+
+Grows a log of ``--leaves`` (default 65,536: 256 full level-0 tiles and entry bundles,
+one full level-1 tile) straight into the database (tests/log_writer.py), starts one
+worker and keeps ``--connections`` keep-alive GETs of one full tile busy for
+``--seconds`` (tests/load/bench_health.py's load client), for a level-0 hash tile,
+the level-1 tile and an entry bundle. Prints requests/s and p50/p99 for each.
+
+    python -m tests.load.bench_tiles
+    python -m tests.load.bench_tiles --backend postgres --connections 64 --client-processes 2
+
+Only 127.0.0.1 is ever targeted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+from contracts.server import LocalServer, random_secret, scratch_postgres
+from tests.load.bench_health import measure
+from tests.log_writer import Tree, grow
+
+FAST_LIMITS = {"NEXO_RATE_LIMIT": "100000000/minute", "NEXO_AUTH_RATE_LIMIT": "1000000/minute"}
+TILES = ["/tlog/tile/0/137", "/tlog/tile/1/000", "/tlog/tile/entries/137"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--leaves", type=int, default=65_536)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        env = {**FAST_LIMITS, "JWT_SECRET": random_secret()}
+        if args.backend == "postgres":
+            env["DATABASE_URL"] = stack.enter_context(scratch_postgres())
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nexo-bench-tiles-")))
+        server = stack.enter_context(LocalServer(data_dir, env, workers=1))
+        started = time.perf_counter()
+        grow(server, Tree(), args.leaves)
+        print(
+            f"full tiles ({args.backend}, 1 worker, {args.leaves} leaves grown in "
+            f"{time.perf_counter() - started:.1f}s)"
+        )
+        for path in TILES:
+            figures = measure(
+                "127.0.0.1", server.port, args.connections, args.seconds, args.client_processes, path=path
+            )
+            print(
+                f"  {path:<24} {figures['rps']:>7.0f} req/s at {args.connections} connections, "
+                f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
