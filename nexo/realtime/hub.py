@@ -35,7 +35,7 @@ from nexo.messages import repository
 from nexo.messages.repository import StoredMessage
 from nexo.messages.service import CommitListener, Delivery, Gate
 from nexo.realtime.protocol import CloseCode, ServerFrame, dumps, text_frame
-from nexo.tasks import cancel_and_wait
+from nexo.tasks import cancel_and_wait, repeat
 
 log = logging.getLogger("nexo.realtime")
 
@@ -502,7 +502,7 @@ class Hub:
 
     def start(self) -> None:
         if self.sweep_seconds is not None:
-            self._sweep_task = asyncio.get_running_loop().create_task(self._sweeper(), name="nexo-ws-sweep")
+            self._sweep_task = repeat(self.sweep_seconds, self._sweep_once, "nexo-ws-sweep")
 
     async def add(self, conn: Connection, since: int) -> None:
         """Register ``conn`` for pushes and push what its user received after ``since``
@@ -611,15 +611,12 @@ class Hub:
             if len(rows) < SIGNAL_PAGE and not feed.deferred:
                 return
 
-    async def _sweeper(self) -> None:
-        assert self.sweep_seconds is not None
-        while True:
-            await asyncio.sleep(self.sweep_seconds)
-            try:
-                with SWEEP_SECONDS.time():
-                    await self.sweep()
-            except Exception as exc:  # the next period tries again
-                log.error("push sweep failed: %r", exc)
+    async def _sweep_once(self) -> None:
+        try:
+            with SWEEP_SECONDS.time():
+                await self.sweep()
+        except Exception as exc:  # the next period tries again
+            log.error("push sweep failed: %r", exc)
 
     async def sweep(self) -> None:
         """Catch up every connected user with a stored message this process has not pushed.

@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         _, held, took, errors, n_failed = parent.recv()
         _, after = worker_rss_kib(session)
         cpu_before = sum(session_cpu_seconds(session))
+        sweeps_before = sweep_metrics(base_url) or (0.0, 0.0)
         print(
             f"held {held} of {args.conns} authenticated connections ({users} users) in {took:.1f} s; "
             f"{n_failed} failed {errors}",
@@ -217,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server CPU while they idle: {idle_cpu * 100:.1f} % of a core (pings, session checks, sweeps)")
         sweeps = sweep_metrics(base_url)
         if sweeps:
-            count, total = sweeps
+            count, total = sweeps[0] - sweeps_before[0], sweeps[1] - sweeps_before[1]
             print(
-                f"push sweeps: {count:.0f}, {total / max(count, 1) * 1000:.1f} ms each over "
+                f"push sweeps while they idle: {count:.0f}, {total / max(count, 1) * 1000:.1f} ms each over "
                 f"{users} connected users (wall time, the database's work included)",
                 flush=True,
             )
