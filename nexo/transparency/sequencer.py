@@ -6,8 +6,9 @@ the latest STH is ``interval`` old; then everything queued goes into the next
 transaction. A registration that finds the log quiet (latest STH older than
 the interval) is sequenced at once, so the cadence adds no latency when idle.
 The bound holds across workers and instances: the age is that of the latest
-STH read *under the lock*; a sequencer that finds a younger one than it
-expected rolls back, keeps its queue and waits for its turn. When nothing is
+STH read *under the lock*; a sequencer that finds a younger one (another
+worker's) waits, holding the lock, until it is ``interval`` old, so the
+sequencers take turns in lock order. When nothing is
 registered for ``max_age`` seconds (``NEXO_STH_MAX_AGE``) a *heartbeat* STH
 over the same tree is signed, so a monitor can tell a live log from a frozen
 one. Each batch's transaction:
@@ -84,14 +85,6 @@ class SequencingFailed(ServiceUnavailable):
 
     def __init__(self) -> None:
         super().__init__("the log entry could not be sequenced; retry")
-
-
-class _TooEarly(Exception):
-    """Under the lock, the latest STH (another worker's) was younger than the interval."""
-
-    def __init__(self, timestamp_ms: int) -> None:
-        super().__init__(timestamp_ms)
-        self.timestamp_ms = timestamp_ms
 
 
 class Rejected(Exception):
@@ -198,9 +191,6 @@ class Sequencer:
                 del self._queue[: self.max_batch]
                 try:
                     await self._commit_isolating(batch)
-                except _TooEarly as early:
-                    self._latest_ms = early.timestamp_ms
-                    self._queue[:0] = batch
                 except asyncio.CancelledError:
                     for pending in batch:
                         if not pending.future.done():
@@ -262,7 +252,7 @@ class Sequencer:
             nonlocal budget
             try:
                 written = await self._write(part, cadence)
-            except (asyncio.CancelledError, _TooEarly):
+            except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 live = [pending for pending in part if not pending.future.done()]
@@ -292,18 +282,20 @@ class Sequencer:
         self, batch: list[_Pending], cadence: bool = False
     ) -> tuple[list[_Pending], int, SignedTreeHead, list[bytes], dict[merkle.NodeId, bytes]] | None:
         """The transaction: ``(accepted, old size, new STH, leaf hashes, known nodes)``, or ``None``
-        when every entry was refused. With ``cadence``, raise :class:`_TooEarly` (rolling back)
-        when the latest STH is younger than the interval."""
+        when every entry was refused. With ``cadence``, first wait (under the lock) until the
+        latest STH is ``interval`` old."""
         async with in_transaction() as conn:
             await repository.lock_sequencer(conn)
             previous = await repository.latest_sth(conn)
             if previous is None:
                 raise RuntimeError("the log has no STH 0: run `nexo db push` or start the server once")
-            # 1 ms of slack: timestamps are whole milliseconds. An STH stamped in this
-            # clock's future (skew between instances) does not hold the log back.
-            age_ms = time.time() * 1000 - previous.timestamp_ms
-            if cadence and 0 <= age_ms < self.interval * 1000 - 1:
-                raise _TooEarly(previous.timestamp_ms)
+            # Another worker's STH is younger than the interval: wait for it *holding the
+            # lock*, so the sequencers take turns in lock order instead of racing (and one
+            # starving) after a rollback. Never more than one interval; an STH stamped in
+            # this clock's future (skew between instances) does not hold the log back longer.
+            age = time.time() - previous.timestamp_ms / 1000
+            if cadence and 0 <= age < self.interval:
+                await asyncio.sleep(self.interval - age)
             accepted = await self._claim(conn, batch)
             if not accepted:
                 return None
