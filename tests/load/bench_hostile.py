@@ -31,25 +31,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import multiprocessing as mp
 import os
 import socket
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from contracts.client import Account
 from tests.load import ws_bench
-from tests.load.bench_idle import raise_file_limit, session_rss_kib
+from tests.load.bench_idle import bench_server, raise_file_limit
 from tests.load.leanws import LeanClient, encode_text
+from tests.load.procstat import session_rss_kib
 from tests.load.ws_bench import make_accounts, run_throughput_native
 
 SYNC_ALL = '{"type":"sync","since":0}'
@@ -267,31 +265,6 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-@contextlib.contextmanager
-def local_server(args: argparse.Namespace) -> Iterator[tuple[str, int, str, Path]]:
-    from contracts.server import LocalServer, scratch_postgres
-
-    env = {
-        "NEXO_WS_RATE_LIMIT": "100000000/minute",
-        "NEXO_AUTH_RATE_LIMIT": "1000000/minute",
-        "NEXO_RATE_LIMIT": "1000000/minute",
-        "NEXO_ARGON2_MEMORY_KIB": "8192",
-        "NEXO_ARGON2_TIME_COST": "1",
-        "NEXO_ACCESS_LOG": "0",
-    }
-    with tempfile.TemporaryDirectory(prefix="nexo-hostile-") as tmp, contextlib.ExitStack() as stack:
-        if args.postgres:
-            env["DATABASE_URL"] = stack.enter_context(scratch_postgres())
-        server = LocalServer(Path(tmp), env, workers=args.workers)
-        server.start()
-        assert server.process is not None
-        ws_bench.SERVER_SESSION = server.process.pid
-        try:
-            yield server.base_url, server.process.pid, env.get("DATABASE_URL", ""), Path(tmp)
-        finally:
-            server.stop()
-
-
 def _phase(label: str, ws_url: str, tokens: list[str], sink: str, per_conn: int) -> dict[str, float]:
     result = run_throughput_native(ws_url, tokens, sink, per_conn, 1, 2, "x" * 64)
     print(
@@ -314,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-syncs", type=int, default=10, help="syncs each non-reader asks for")
     args = parser.parse_args(argv)
     raise_file_limit()
-    with local_server(args) as (base_url, session, database, data_dir):
+    extra = {"NEXO_WS_RATE_LIMIT": "100000000/minute"}
+    with bench_server(postgres=args.postgres, workers=args.workers, extra=extra) as (server, database):
+        assert server.process is not None
+        base_url, session, data_dir = server.base_url, server.process.pid, server.data_dir
+        ws_bench.SERVER_SESSION = session
         ws_url = base_url.replace("http", "ws", 1) + "/ws"
         accounts = make_accounts(base_url, 1 + args.honest + HOSTILE_USERS)
         sink, honest, hostile = accounts[0], accounts[1 : 1 + args.honest], accounts[1 + args.honest :]

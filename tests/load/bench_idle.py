@@ -35,8 +35,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from contracts.server import LocalServer, scratch_postgres
 from tests.load.leanws import LeanClient
-from tests.load.procstat import session_cpu_seconds
+from tests.load.procstat import session_cpu_seconds, session_rss_kib
 from tests.load.ws_bench import make_accounts
 
 SYNC = '{"type":"sync","since":9007199254740992}'
@@ -47,26 +48,6 @@ def raise_file_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
-
-
-def session_rss_kib(session_id: int) -> dict[int, int]:
-    """VmRSS (KiB) of every process in the session."""
-    out: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            if int(fields[3]) != session_id:
-                continue
-            with open(f"/proc/{entry}/status") as handle:
-                for line in handle:
-                    if line.startswith("VmRSS:"):
-                        out[int(entry)] = int(line.split()[1])
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 def worker_rss_kib(session_id: int) -> tuple[int, int]:
@@ -142,27 +123,28 @@ def _client_proc(ws_url: str, tokens: list[str], parallel: int, hold: float, rep
 
 
 @contextlib.contextmanager
-def local_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
-    from contracts.server import LocalServer, scratch_postgres
-
+def bench_server(
+    *, postgres: bool = False, redis: str | None = None, workers: int = 1, extra: dict[str, str] | None = None
+) -> Iterator[tuple[LocalServer, str]]:
+    """A fresh server on 127.0.0.1 with budgets out of the way; (server, DATABASE_URL or "")."""
     env = {
         "NEXO_AUTH_RATE_LIMIT": "1000000/minute",
         "NEXO_RATE_LIMIT": "1000000/minute",
         "NEXO_ARGON2_MEMORY_KIB": "8192",
         "NEXO_ARGON2_TIME_COST": "1",
         "NEXO_ACCESS_LOG": "0",
+        **(extra or {}),
     }
-    with tempfile.TemporaryDirectory(prefix="nexo-idle-") as tmp, contextlib.ExitStack() as stack:
-        if args.postgres:
+    with tempfile.TemporaryDirectory(prefix="nexo-bench-") as tmp, contextlib.ExitStack() as stack:
+        if postgres:
             env["DATABASE_URL"] = stack.enter_context(scratch_postgres())
-        if args.redis:
-            env["REDIS_URL"] = args.redis
-            env["NEXO_REDIS_PREFIX"] = f"idle{os.getpid()}"
-        server = LocalServer(Path(tmp), env, workers=1)
+        if redis:
+            env["REDIS_URL"] = redis
+            env["NEXO_REDIS_PREFIX"] = f"bench{os.getpid()}"
+        server = LocalServer(Path(tmp), env, workers=workers)
         server.start()
-        assert server.process is not None
         try:
-            yield server.base_url, server.process.pid
+            yield server, env.get("DATABASE_URL", "")
         finally:
             server.stop()
 
@@ -182,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.conns + 100 > hard:
         print(f"note: {args.conns} connections near the hard file limit {hard}", flush=True)
     users = -(-args.conns // args.per_user)
-    with local_server(args) as (base_url, session):
+    with bench_server(postgres=args.postgres, redis=args.redis) as (server, _):
+        assert server.process is not None
+        base_url, session = server.base_url, server.process.pid
         ws_url = base_url.replace("http", "ws", 1) + "/ws"
         t0 = time.monotonic()
         accounts = make_accounts(base_url, users)
