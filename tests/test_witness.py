@@ -252,6 +252,7 @@ def test_a_forged_fork_is_refused_and_never_cosigned(
     sth = httpx.get(f"{server.base_url}/api/sth/{fork.index}", timeout=10).json()
     assert "cosignatures" not in sth
     assert len(witness.evidence()) >= 1  # the witness kept the log-signed fork as evidence
+    assert "/add-checkpoint -> 422" in witness.log_text()
     metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
     assert f'nexo_witness_submissions_total{{outcome="inconsistent",witness="{witness.name}"}}' in metrics
     env = {**audit_env(server), "NEXO_WITNESSES": server.env["NEXO_WITNESSES"]}
@@ -289,7 +290,7 @@ def test_two_workers_and_two_instances_on_postgresql_submit_one_consistent_histo
     for witness in (first_witness, second_witness):
         _check_cosignature(note, witness)
         assert witness.evidence() == [], "a submitter sent an inconsistent checkpoint"
-        assert " 422 " not in witness.log_text()
+        assert "-> 422" not in witness.log_text()  # its access log: "http: POST /add-checkpoint -> 422"
     # The only failures: submissions before the witnesses listened.
     for state in _states(first).values():
         assert state["last_error_ms"] < started_ms, state
