@@ -35,7 +35,7 @@ def _post_auth(http: httpx.Client, url: str, body: dict[str, Any], what: str, ex
     while True:
         response = http.post(url, json=body)
         if response.status_code == 429:
-            wait = _retry_after(response)
+            wait = retry_after(response)
             if time.monotonic() + wait <= deadline:
                 time.sleep(wait)
                 continue
@@ -45,7 +45,8 @@ def _post_auth(http: httpx.Client, url: str, body: dict[str, Any], what: str, ex
         return answer
 
 
-def _retry_after(response: httpx.Response) -> float:
+def retry_after(response: httpx.Response) -> float:
+    """Seconds a 429 asks to wait (``Retry-After``), at least half a second."""
     try:
         return max(0.5, float(response.headers.get("retry-after", "1")))
     except ValueError:

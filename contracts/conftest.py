@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.client import retry_after
 from contracts.server import DEFAULT_REDIS_URL, LocalServer, scratch_postgres
 from contracts.tokens import SECRET_ENV, Minter, Secret
 
@@ -307,20 +308,13 @@ class Accounts:
                         break
                     if response.status_code in (200, 204, 401, 404):
                         break
-                    wait = _retry_after(response)
+                    wait = retry_after(response)
                     if response.status_code != 429 or time.monotonic() + wait > deadline:
                         left.append(account.username)
                         break
                     time.sleep(wait)
         self.created = []
         return left
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(0.5, float(response.headers.get("retry-after", "1")))
-    except ValueError:
-        return 1.0
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,8 @@ from sanic.response import HTTPResponse, raw
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from nexo.realtime.ws import opaque_header_bytes
+
 FAULTS = {
     "none": "forward everything unchanged",
     "ws_close_1000": "close with 1000 where the server closed with 4401",
@@ -224,17 +226,9 @@ def create_proxy(
     witness_key = _load_private_key(witness_key_file) if witness_key_file or "cosign" in fault else None
     app.ctx.fault = fault
 
-    @app.on_request
-    def opaque_header_bytes(request: Request) -> None:
-        """Forward header bytes as the client sent them: Sanic reads them as UTF-8, surrogate-
-        escaping the rest, which neither httpx nor the WebSocket handshake accepts; re-read as
-        ISO-8859-1 (RFC 9110's opaque obs-text) they pass unchanged."""
-        headers = request.headers
-        for name in {key for key, value in headers.items() if not value.isascii()}:
-            values = headers.getall(name)
-            del headers[name]
-            for value in values:
-                headers.add(name, value.encode("utf-8", "surrogateescape").decode("latin-1"))
+    # Forward header bytes as the client sent them (Nexo's own middleware: Sanic reads them as
+    # UTF-8, surrogate-escaping the rest, which neither httpx nor the handshake accepts).
+    app.on_request(opaque_header_bytes)
 
     @app.put("/__proxy/fault/<name>")
     async def switch_fault(request: Request, name: str) -> HTTPResponse:
