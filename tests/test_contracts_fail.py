@@ -399,3 +399,48 @@ def test_auth_budget_contract_fails_when_a_spelling_escapes_it(
     assert "charged to another budget than auth: /api/auth/login/ " in message, (
         f"{sorted(failures)}\n{output}"
     )
+
+
+def witness_key(tmp_path: Path, name: str) -> tuple[Path, str]:
+    """A new Ed25519 witness key: its PEM file (for the fault proxy) and its C2SP vkey."""
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "witness.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    key_id = hashlib.sha256(name.encode() + b"\n\x04" + public).digest()[:4]
+    material = base64.b64encode(b"\x04" + public).decode()
+    return path, f"{name}+{key_id.hex()}+{material}"
+
+
+def test_witness_contract_verifies_the_cosignatures_it_is_shown(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    from tests.fault_proxy import WITNESS_NAME
+
+    pem, vkey = witness_key(tmp_path, WITNESS_NAME)
+    # The witness itself is unreachable: the cosignature lines come from the fault proxy,
+    # made with the configured witness's key (valid) or broken on purpose.
+    env = {**UPSTREAM_ENV, "NEXO_WITNESSES": f"http://127.0.0.1:{free_port()}/w {vkey}"}
+    server = make_server(env)
+    with fault_proxy(
+        server.base_url, "client_cosign", tmp_path / "proxy.log", "--witness-key", str(pem)
+    ) as url:
+        code, failures, output = run_contracts(url, ["test_witness.py"], tmp_path)
+    assert code == 0 and not failures, f"a valid cosignature by the configured witness was refused:\n{output}"
+    assert f"witnesses seen: {WITNESS_NAME}" in output, output
+    with fault_proxy(
+        server.base_url, "client_bad_cosignature", tmp_path / "proxy.log", "--witness-key", str(pem)
+    ) as url:
+        code, failures, output = run_contracts(url, ["test_witness.py"], tmp_path)
+    message = failures.get("test_the_checkpoint_is_cosigned_by_the_configured_quorum", "")
+    assert code == 1 and "does not verify" in message, f"{sorted(failures)}\n{output}"
