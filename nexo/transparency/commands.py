@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -31,38 +32,29 @@ def _print_anomaly(anomaly: Anomaly) -> None:
 
 
 async def _audit(args: argparse.Namespace, public_key: bytes | None) -> Report:
-    checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    live = None if args.json else _print_anomaly
     settings = offline_settings()  # NEXO_WITNESSES and NEXO_WITNESS_QUORUM: the keys to check
+    audit = functools.partial(
+        run_audit,
+        public_key=public_key,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        progress=not args.quiet,
+        on_anomaly=None if args.json else _print_anomaly,
+        witnesses=settings.witnesses,
+        quorum=settings.witness_quorum,
+    )
     if args.url:
         async with (
             httpx.AsyncClient(timeout=args.timeout) as client,
             contextlib.aclosing(RemoteSource(args.url, client)) as remote,
         ):
-            return await run_audit(
-                remote,
-                public_key=public_key,
-                checkpoint=checkpoint,
-                progress=not args.quiet,
-                on_anomaly=live,
-                witnesses=settings.witnesses,
-                quorum=settings.witness_quorum,
-            )
+            return await audit(remote)
     from nexo import db
 
     if settings.database_kind == "sqlite" and not settings.sqlite_path.exists():
         raise FileNotFoundError(f"no database at {settings.sqlite_path} (set NEXO_DATA_DIR or DATABASE_URL)")
     await db.init_db(settings, create_schema=False)
     try:
-        return await run_audit(
-            LocalSource(settings.signing_key_path),
-            public_key=public_key,
-            checkpoint=checkpoint,
-            progress=not args.quiet,
-            on_anomaly=live,
-            witnesses=settings.witnesses,
-            quorum=settings.witness_quorum,
-        )
+        return await audit(LocalSource(settings.signing_key_path))
     finally:
         await db.close_db()
 
