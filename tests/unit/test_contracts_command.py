@@ -94,3 +94,24 @@ def test_a_failure_reads_as_the_suites_sentence_and_skipped_checks_are_counted()
         skipped.longrepr = ("file", 1, "Skipped: needs the server's secret")
         collector.pytest_runtest_logreport(skipped)
     assert collector.line("test_bad_tokens.py").endswith("(1 checks; 2 not run: needs the server's secret)")
+
+
+def test_an_unexpected_exception_reads_as_a_sentence() -> None:
+    import httpx
+    import pytest
+
+    from contracts.conftest import explain
+
+    def caught(error: BaseException) -> pytest.ExceptionInfo[BaseException]:
+        try:
+            raise error
+        except BaseException:
+            return pytest.ExceptionInfo.from_current()
+
+    assert explain(caught(KeyError("sth_count"))).startswith(
+        "the server's answer lacks 'sth_count' (KeyError at "
+    )
+    assert explain(caught(httpx.ConnectError("refused"))).startswith(
+        "could not talk to the server: ConnectError"
+    )
+    assert explain(caught(AssertionError("STH 3: bad\nassert 1 == 2"))) == "STH 3: bad"
