@@ -90,6 +90,13 @@ class Settings:
     witnesses: tuple[Witness, ...] = ()
     witness_quorum: int = 0
     witness_interval: float = 10.0
+    #: Frames of every type one connection may send (token bucket: the amount, refilled
+    #: over the window); beyond it the server stops reading the socket until it refills.
+    ws_frame_rate: RateLimit = RateLimit(12000, 60)
+    #: Open WebSocket connections per user in one worker process; more are closed with 4429.
+    ws_max_connections_per_user: int = 20
+    #: WebSocket upgrades from one address not yet authenticated, per worker; more get 429.
+    ws_max_pending_per_address: int = 20
     workers: int = 1
     metrics_token: str | None = None
     console_token: str | None = None
@@ -190,6 +197,11 @@ class Settings:
             message_body_max_bytes=_int(env, "NEXO_MESSAGE_MAX_BYTES", 64 * 1024, minimum=1),
             ws_max_frame_bytes=_int(env, "NEXO_WS_MAX_FRAME_BYTES", 128 * 1024, minimum=1024),
             ws_outbox_bytes=_int(env, "NEXO_WS_OUTBOX_BYTES", 1024 * 1024, minimum=64 * 1024),
+            ws_frame_rate=RateLimit.parse(
+                env.get("NEXO_WS_FRAME_RATE") or "12000/minute", "NEXO_WS_FRAME_RATE"
+            ),
+            ws_max_connections_per_user=_int(env, "NEXO_WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+            ws_max_pending_per_address=_int(env, "NEXO_WS_MAX_PENDING_PER_ADDRESS", 20, minimum=1),
             ws_write_timeout=_seconds(env, "NEXO_WS_WRITE_TIMEOUT", 30.0, minimum=0.1, maximum=3600.0),
             workers=workers,
             ws_push_sweep_seconds=_seconds(env, "NEXO_WS_PUSH_SWEEP_SECONDS", 2.0, minimum=0.1, maximum=60.0),

@@ -11,6 +11,7 @@ honest clients around it keep working.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -21,6 +22,7 @@ import httpx
 import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
 
 from contracts.client import Account
 from contracts.server import LocalServer
@@ -29,10 +31,12 @@ from tests.hostile_support import NonReader, server_rss
 from tests.realtime_support import (
     FAST_ENV,
     account,
+    close_code,
     count_rows,
     frames_within,
     next_frame,
     online,
+    open_ws,
     send_and_ack,
     send_frame,
 )
@@ -121,6 +125,24 @@ def two_workers(make_server: ServerFactory, backend: str) -> LocalServer:
     return make_server(BIG_OUTBOX, workers=2)
 
 
+async def revoked_then_deaf(
+    server: LocalServer,
+    reader: NonReader,
+    victim: Account,
+    sender: ClientConnection,
+    sender_name: str,
+    sender_lives: bool = True,
+) -> None:
+    """The session was just ended: a ``send`` written at once and one written after the
+    drop are never stored nor pushed; the honest sender is still served."""
+    at_once = str(uuid.uuid4())
+    reader.send_text(send_frame(sender_name, "sent just after the session ended", at_once))
+    await assert_dropped_and_deaf(server, reader, victim, sender, sender_name)
+    assert count_rows(server, at_once) == 0
+    if sender_lives:
+        assert (await send_and_ack(sender, sender_name, "the sender is fine"))["type"] == "ack"
+
+
 async def test_non_reader_outlives_logout(server: LocalServer) -> None:
     alice, bob = account(server), account(server)
     sender = await online(server, alice.access_token)
@@ -155,11 +177,7 @@ async def test_non_reader_outlives_refresh_reuse_revocation(server: LocalServer)
         url, spent = f"{server.base_url}/api/auth/refresh", {"refresh_token": bob.refresh_token}
         assert (await http.post(url, json=spent)).status_code == 200
         assert (await http.post(url, json=spent)).status_code == 401
-    at_once = str(uuid.uuid4())
-    reader.send_text(send_frame(alice.username, "sent just after the revocation", at_once))
-    await assert_dropped_and_deaf(server, reader, bob, sender, alice.username)
-    assert count_rows(server, at_once) == 0
-    assert (await send_and_ack(sender, alice.username, "alice is fine"))["type"] == "ack"
+    await revoked_then_deaf(server, reader, bob, sender, alice.username)
     await sender.close()
 
 
@@ -169,11 +187,7 @@ async def test_non_reader_outlives_account_deletion(server: LocalServer) -> None
     reader = await stuck_victim(server, sender, bob)
 
     assert bob.delete() in (200, 204)
-    at_once = str(uuid.uuid4())
-    reader.send_text(send_frame(alice.username, "sent just after the deletion", at_once))
-    await assert_dropped_and_deaf(server, reader, bob, sender, alice.username)
-    assert count_rows(server, at_once) == 0
-    assert (await send_and_ack(sender, alice.username, "alice is fine"))["type"] == "ack"
+    await revoked_then_deaf(server, reader, bob, sender, alice.username)
     await sender.close()
 
 
@@ -187,10 +201,8 @@ async def test_non_reader_outlives_token_expiry(expiring_server: LocalServer) ->
     assert time.time() < exp - 0.5, "the flood took longer than the token's lifetime"
 
     await asyncio.sleep(exp - time.time() + 0.2)
-    at_once = str(uuid.uuid4())
-    reader.send_text(send_frame(alice.username, "sent just after expiry", at_once))
-    await assert_dropped_and_deaf(server, reader, bob, sender, alice.username)
-    assert count_rows(server, at_once) == 0
+    # The sender's token expires with the same short lifetime: only the victim is checked.
+    await revoked_then_deaf(server, reader, bob, sender, alice.username, sender_lives=False)
     await sender.close()
 
 
@@ -306,3 +318,71 @@ async def test_non_reader_over_its_outbox_bytes_gets_1008(small_outbox_server: L
     assert (await send_and_ack(sender, bob.username, "after"))["type"] == "ack"
     await sender.close()
 
+
+
+# -- budgets and caps (finding 3) ------------------------------------------------------------
+
+BAD_FRAME = '{"type":"nonsense","pad":"' + "p" * 1000 + '"}'
+
+
+@pytest.fixture
+def budget_server(make_server: ServerFactory) -> LocalServer:
+    return make_server(
+        {
+            **FAST_ENV,
+            "NEXO_WS_FRAME_RATE": "100/second",
+            "NEXO_WS_MAX_CONNECTIONS_PER_USER": "3",
+            "NEXO_WS_MAX_PENDING_PER_ADDRESS": "5",
+        }
+    )
+
+
+async def test_invalid_frame_flood_is_metered_by_the_frame_budget(budget_server: LocalServer) -> None:
+    server = budget_server
+    alice, bob = account(server), account(server)
+    flooder = await open_ws(server, alice.access_token, max_queue=None)
+    honest = await online(server, bob.access_token)
+    for _ in range(3000):
+        await flooder.send(BAD_FRAME)
+    answered = [f for f in await frames_within(flooder, 3.0) if f.get("type") == "error"]
+    # 100 of burst, 100/s for 3 s, and at most one socket read (256 KiB) of frames past it.
+    assert len(answered) <= 100 + 300 + 300, f"{len(answered)} invalid frames answered in 3 s"
+    assert answered, "the flooder got no answer at all"
+    # Another client's sends are not slowed by the flooder's budget.
+    assert (await send_and_ack(honest, alice.username, "honest"))["type"] == "ack"
+    await flooder.close()
+    await honest.close()
+
+
+async def test_connections_over_the_per_user_cap_close_with_4429(budget_server: LocalServer) -> None:
+    server = budget_server
+    alice, bob = account(server), account(server)
+    held = [await online(server, alice.access_token) for _ in range(3)]
+    extra = await open_ws(server, alice.access_token)
+    code, reason = await close_code(extra)
+    assert code == 4429, (code, reason)
+    # Other users, and alice's open connections, are untouched.
+    other = await online(server, bob.access_token)
+    assert (await send_and_ack(held[0], bob.username, "still works"))["type"] == "ack"
+    await held.pop().close()
+    await asyncio.sleep(0.5)
+    held.append(await online(server, alice.access_token))  # a freed slot is usable again
+    for ws in [*held, other]:
+        await ws.close()
+
+
+async def test_unauthenticated_upgrades_over_the_per_address_cap_get_429(budget_server: LocalServer) -> None:
+    server = budget_server
+    users = [account(server) for _ in range(6)]
+    waiting = [await open_ws(server) for _ in range(5)]  # upgraded, never authenticated
+    with pytest.raises(InvalidStatus) as refused:
+        await open_ws(server)
+    assert refused.value.response.status_code == 429
+    # Once they authenticate (or time out), the address may upgrade again.
+    for ws, user in zip(waiting, users, strict=False):
+        await ws.send(json.dumps({"type": "auth", "token": user.access_token}))
+        await ws.send(json.dumps({"type": "sync", "since": 2**53}))
+        await next_frame(ws, "synced")
+    late = await online(server, users[5].access_token)
+    for ws in [*waiting, late]:
+        await ws.close()

@@ -64,6 +64,9 @@ CLOSE_SECONDS = 7.0
 #: The same for a connection that must end now: its session ended or its token expired
 #: (4401), or it is too slow a consumer. Requirement: ended within 1 s of the revocation.
 END_SECONDS = 0.5
+#: How often a process with peers re-reads the newest seq (``Hub.seq_hint``); a socket
+#: that upgrades may be pushed messages committed up to this long before its handshake.
+HINT_SECONDS = 0.25
 #: How often sockets with unsent data are checked for progress (seconds).
 STALL_CHECK_SECONDS = 0.25
 #: Seqs a connection remembers as already pushed.
@@ -486,6 +489,11 @@ class Hub:
         self.sweep_seconds = sweep_seconds
         #: The newest seq the last sweep saw; users at it need only rows after it checked.
         self._mark: int | None = None
+        #: The newest seq this process knows committed, read without a query when a socket
+        #: upgrades (before it is authenticated): from this process's commits and, with
+        #: other processes, a read every HINT_SECONDS.
+        self.seq_hint = 0
+        self._hint_task: asyncio.Task[None] | None = None
         self.closing = False
 
     @property
@@ -633,6 +641,7 @@ class Hub:
             self._mark = None
             return
         top = await repository.max_seq()  # every seq <= top is committed (commit order)
+        self.saw(top)
         mark = self._mark
         window = mark is not None and top - mark <= max(len(feeds), SWEEP_WINDOW)
         windowed: list[_Feed] = []
@@ -668,6 +677,15 @@ class Hub:
             log.info("push sweep: %d users had stored messages not pushed here", len(lagging))
             self.signal(lagging)  # a user already being read is read once more
 
+    def connections_of(self, user_id: int) -> int:
+        feed = self._feeds.get(user_id)
+        return len(feed.conns) if feed is not None else 0
+
+    def saw(self, seq: int) -> None:
+        """A message with this seq is committed: new connections are pushed what follows."""
+        if seq > self.seq_hint:
+            self.seq_hint = seq
+
     def end_sessions(self, user_id: int | None, session_id: str | None, reason: str) -> int:
         """Close with 4401, at once, this process's connections of a session (or of every
         session of ``user_id`` when ``session_id`` is None); how many."""
@@ -684,7 +702,23 @@ class Hub:
     async def close_all(self, code: int, reason: str) -> None:
         await asyncio.gather(*(conn.close(code, reason) for conn in self.connections()))
 
+    async def start_hint(self) -> None:
+        """Read the newest seq now and, when other processes share the database, every
+        :data:`HINT_SECONDS` (they commit messages this process does not see)."""
+        self.saw(await repository.max_seq())
+        if self.sweep_seconds is not None:
+            self._hint_task = asyncio.get_running_loop().create_task(self._hint_loop(), name="nexo-ws-hint")
+
+    async def _hint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HINT_SECONDS)
+            try:
+                self.saw(await repository.max_seq())
+            except Exception as exc:  # the database is away: the hint only lags
+                log.warning("reading the newest seq failed: %r", exc)
+
     async def stop(self) -> None:
+        await cancel_and_wait(self._hint_task)
         await cancel_and_wait(self._sweep_task)
         await cancel_and_wait(self._signal_task)
 
@@ -698,6 +732,8 @@ def on_commit(hub: Hub, publish: Callable[[set[int]], Gate | None]) -> CommitLis
     """
 
     def listener(deliveries: list[Delivery], resent: set[int]) -> Gate | None:
+        if deliveries:
+            hub.saw(max(d.seq for d in deliveries))
         if resent:
             hub.resent(resent)  # first: this batch's pushes to them wait for the read
         hub.deliver(deliveries)

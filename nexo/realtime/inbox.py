@@ -33,8 +33,15 @@ HIGH_WATER_BYTES = 256 * 1024
 class Inbox:
     """Complete messages (``str`` for text, ``bytes`` for binary) in arrival order."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Any, frame_rate: float = 200.0, frame_burst: float = 12000.0) -> None:
         self.ws = ws
+        # The frame budget: a token bucket refilled lazily, only when it runs out.
+        self._loop = asyncio.get_running_loop()
+        self._rate = frame_rate
+        self._burst = frame_burst
+        self._tokens = frame_burst
+        self._stamp = self._loop.time()
+        self._throttled = False
         self._items: deque[str | bytes] = deque()
         self._bytes = 0  # len() of the queued items
         self._ready = asyncio.Event()
@@ -117,6 +124,9 @@ class Inbox:
                 await self.ws.process_pong(event)
 
     def _add(self, data: bytes | bytearray | memoryview, text: bool) -> None:
+        self._tokens -= 1.0  # every frame, of any type, valid or not, spends the budget
+        if self._tokens < 0.0:
+            self._refill()
         item: str | bytes
         if text:
             try:
@@ -131,6 +141,26 @@ class Inbox:
         self._items.append(item)
         self._bytes += len(item)
 
+    def _refill(self) -> None:
+        now = self._loop.time()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 0.0 and not self._throttled:
+            # Over budget: stop reading the socket until the bucket has a token again.
+            transport = getattr(self.ws.io_proto, "transport", None)
+            if transport is not None:
+                transport.pause_reading()
+                self._throttled = True
+                self._loop.call_later(-self._tokens / self._rate, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttled = False
+        self._refill()
+        if not self._throttled and not self._paused:
+            transport = getattr(self.ws.io_proto, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+
     def take_ready(self, limit: int) -> list[str | bytes]:
         """Up to ``limit`` more messages that are already queued (no waiting)."""
         items = self._items
@@ -142,7 +172,7 @@ class Inbox:
     def _maybe_resume(self) -> None:
         if self._paused and len(self._items) < HIGH_WATER // 2 and self._bytes < HIGH_WATER_BYTES // 2:
             transport = getattr(self.ws.io_proto, "transport", None)
-            if transport is not None:
+            if transport is not None and not self._throttled:
                 transport.resume_reading()
             self._paused = False
 

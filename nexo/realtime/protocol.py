@@ -45,6 +45,8 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     UNAUTHORIZED = 4401
+    #: The user already has ``NEXO_WS_MAX_CONNECTIONS_PER_USER`` connections on this worker.
+    TOO_MANY_CONNECTIONS = 4429
 
 
 class WsError(StrEnum):

@@ -19,8 +19,10 @@ import functools
 import logging
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
+from prometheus_client import Counter as MetricCounter
 from sanic import Blueprint, Request, Sanic
 from websockets.exceptions import ConnectionClosed
 
@@ -28,10 +30,10 @@ from nexo.auth import repository as auth_repository
 from nexo.auth.guard import Principal, bearer_token, principal_for_token
 from nexo.auth.service import ACCOUNT_DELETED_HOOKS
 from nexo.config import Settings
-from nexo.errors import NexoError
-from nexo.messages import repository, service
+from nexo.errors import NexoError, TooManyRequests
+from nexo.messages import service
 from nexo.messages.service import MessageWriter, Outcome, RecipientCache, SendResult
-from nexo.ratelimit import Bucket
+from nexo.ratelimit import Bucket, client_address
 from nexo.realtime.broker import LocalBroker, make_broker
 from nexo.realtime.hub import CLOSES, UNAUTHORIZED_CLOSES, Connection, Hub, on_commit
 from nexo.realtime.inbox import Inbox
@@ -60,6 +62,10 @@ BURST = 128
 
 bp = Blueprint("realtime")
 
+PENDING_REFUSED = MetricCounter(
+    "nexo_ws_upgrades_refused_total", "WebSocket upgrades refused: too many unauthenticated from one address"
+)
+
 
 class Unauthenticated(Exception):
     """Close the connection with 4401 and this reason."""
@@ -82,10 +88,25 @@ def opaque_header_bytes(request: Request) -> None:
 
 
 @bp.on_request
-async def mark_push_cursor(request: Request) -> None:
-    """Before the handshake: the newest seq now. Every message committed after it (after the
-    client sees the connection open) reaches this connection, by push or by catch-up."""
-    request.ctx.push_from = await repository.max_seq()
+def admit_upgrade(request: Request) -> None:
+    """Before the handshake, with no database work: refuse (429) an upgrade that will wait
+    for an auth frame from an address that already holds ``NEXO_WS_MAX_PENDING_PER_ADDRESS``
+    such sockets, and note the newest seq this process knows. Every message committed
+    after it (after the client sees the connection open) reaches this connection, by push
+    or by catch-up."""
+    app = request.app
+    settings: Settings = app.ctx.settings
+    if (
+        "authorization" not in request.headers
+        and app.ctx.ws_pending[client_address(request)] >= settings.ws_max_pending_per_address
+    ):
+        PENDING_REFUSED.inc()
+        raise TooManyRequests(
+            f"more than {settings.ws_max_pending_per_address} WebSocket upgrades from this address "
+            "are waiting to authenticate",
+            retry_after=settings.ws_auth_timeout,
+        )
+    request.ctx.push_from = app.ctx.hub.seq_hint
 
 
 def setup(app: Sanic) -> None:
@@ -98,6 +119,8 @@ def setup(app: Sanic) -> None:
         # Another process may store messages for our users only when a broker links us.
         hub = Hub(settings.ws_push_sweep_seconds if broker.kind != "local" else None)
         hub.start()
+        await hub.start_hint()
+        app.ctx.ws_pending = Counter()
         writer: MessageWriter = app.ctx.message_writer
         writer.listeners.append(on_commit(hub, broker.publish))
         app.ctx.hub = hub
@@ -146,12 +169,35 @@ async def websocket(request: Request, ws: Any) -> None:
     request_id = getattr(request, "request_id", None) or uuid.uuid4().hex  # NexoRequest.request_id
     conn: Connection | None = None
     hub: Hub = app.ctx.hub
-    inbox = Inbox(ws)
+    settings: Settings = app.ctx.settings
+    rate = settings.ws_frame_rate
+    inbox = Inbox(ws, rate.amount / rate.window_seconds, rate.amount)
+    pending: Counter[str] = app.ctx.ws_pending
+    # Only upgrades that wait for an auth frame hold a socket unauthenticated for long.
+    address = client_address(request) if "authorization" not in request.headers else None
     try:
+        if address is not None:
+            pending[address] += 1
         try:
+            if address is not None and pending[address] > settings.ws_max_pending_per_address:
+                # Upgrades that raced past the check before the handshake.
+                PENDING_REFUSED.inc()
+                CLOSES.labels(str(int(CloseCode.TOO_MANY_CONNECTIONS))).inc()
+                await ws.close(CloseCode.TOO_MANY_CONNECTIONS, "too many unauthenticated connections")
+                return
             principal = await _authenticate(request, inbox)
         except Unauthenticated as exc:
             await _close_unauthorized(ws, str(exc))
+            return
+        finally:
+            if address is not None:
+                pending[address] -= 1
+                if pending[address] <= 0:
+                    del pending[address]
+        cap = settings.ws_max_connections_per_user
+        if hub.connections_of(principal.user_id) >= cap:
+            CLOSES.labels(str(int(CloseCode.TOO_MANY_CONNECTIONS))).inc()
+            await ws.close(CloseCode.TOO_MANY_CONNECTIONS, f"too many connections: at most {cap} per user")
             return
         conn = Connection(
             ws,

@@ -337,6 +337,7 @@ def local_server(args: argparse.Namespace) -> Iterator[str]:
 
     env = {
         "NEXO_WS_RATE_LIMIT": "100000000/minute",
+        "NEXO_WS_FRAME_RATE": "100000000/minute",
         "NEXO_AUTH_RATE_LIMIT": "100000/minute",
         "NEXO_RATE_LIMIT": "100000/minute",
         "NEXO_ARGON2_MEMORY_KIB": os.environ.get("NEXO_ARGON2_MEMORY_KIB", "8192"),
