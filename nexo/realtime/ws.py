@@ -31,6 +31,7 @@ from nexo.auth.guard import Principal, bearer_token, principal_for_token
 from nexo.auth.service import ACCOUNT_DELETED_HOOKS
 from nexo.config import Settings
 from nexo.errors import NexoError, TooManyRequests
+from nexo.messages import repository as messages_repository
 from nexo.messages import service
 from nexo.messages.service import MessageWriter, Outcome, RecipientCache, SendResult
 from nexo.ratelimit import Bucket, client_address
@@ -88,12 +89,15 @@ def opaque_header_bytes(request: Request) -> None:
 
 
 @bp.on_request
-def admit_upgrade(request: Request) -> None:
-    """Before the handshake, with no database work: refuse (429) an upgrade that will wait
-    for an auth frame from an address that already holds ``NEXO_WS_MAX_PENDING_PER_ADDRESS``
-    such sockets, and note the newest seq this process knows. Every message committed
-    after it (after the client sees the connection open) reaches this connection, by push
-    or by catch-up."""
+async def admit_upgrade(request: Request) -> None:
+    """Before the handshake: refuse (429) an upgrade that will wait for an auth frame from an
+    address that already holds ``NEXO_WS_MAX_PENDING_PER_ADDRESS`` such sockets, and note
+    the push cursor: every message committed after it (after the client sees the
+    connection open) reaches this connection, by push or by catch-up.
+
+    The cursor is the newest seq, read from the database only for a genuine access token
+    (signature and expiry checked, no I/O); anything else costs no query and starts from
+    the newest seq this process knows (exact with one process)."""
     app = request.app
     settings: Settings = app.ctx.settings
     if (
@@ -107,6 +111,13 @@ def admit_upgrade(request: Request) -> None:
             retry_after=settings.ws_auth_timeout,
         )
     request.ctx.push_from = app.ctx.hub.seq_hint
+    header = request.headers.get("authorization")
+    if header is not None:
+        try:
+            app.ctx.tokens.verify_access(bearer_token(header))
+        except Exception:  # closed with 4401 after the handshake
+            return
+        request.ctx.push_from = await messages_repository.max_seq()
 
 
 def setup(app: Sanic) -> None:
