@@ -707,15 +707,13 @@ class Hub:
         :data:`HINT_SECONDS` (they commit messages this process does not see)."""
         self.saw(await repository.max_seq())
         if self.sweep_seconds is not None:
-            self._hint_task = asyncio.get_running_loop().create_task(self._hint_loop(), name="nexo-ws-hint")
+            self._hint_task = repeat(HINT_SECONDS, self._read_hint, "nexo-ws-hint")
 
-    async def _hint_loop(self) -> None:
-        while True:
-            await asyncio.sleep(HINT_SECONDS)
-            try:
-                self.saw(await repository.max_seq())
-            except Exception as exc:  # the database is away: the hint only lags
-                log.warning("reading the newest seq failed: %r", exc)
+    async def _read_hint(self) -> None:
+        try:
+            self.saw(await repository.max_seq())
+        except Exception as exc:  # the database is away: the hint only lags
+            log.warning("reading the newest seq failed: %r", exc)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._hint_task)
