@@ -11,6 +11,7 @@ honest clients around it keep working.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -22,7 +23,7 @@ import httpx
 import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from contracts.client import Account
 from contracts.server import LocalServer
@@ -240,6 +241,29 @@ async def test_non_reader_outlives_logout_on_another_worker(two_workers: LocalSe
     assert response.status_code in (200, 204), response.text
     await assert_dropped_and_deaf(server, reader, bob, sender, alice.username)
     await sender.close()
+
+
+async def test_sends_written_after_logout_on_other_workers_are_never_stored(two_workers: LocalServer) -> None:
+    """The other workers learn of a logout by a poll (0.5 s); a frame they read meanwhile must
+    still not be stored: the insert checks the sender's session. Sockets spread over both
+    workers; each writes a ``send`` the moment the logout is answered."""
+    server = two_workers
+    alice, bob = account(server), account(server)
+    for _ in range(3):
+        alice.relogin()
+        sockets = [await online(server, alice.access_token) for _ in range(8)]
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(f"{server.base_url}/api/auth/logout", headers=alice.headers)
+        assert response.status_code == 200, response.text
+        late = [str(uuid.uuid4()) for _ in sockets]
+        for ws, mid in zip(sockets, late, strict=True):
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(send_frame(bob.username, "written after logout answered", mid))
+        await asyncio.sleep(1.5)
+        stored = [mid for mid in late if count_rows(server, mid)]
+        assert not stored, f"{len(stored)} of {len(late)} sends written after logout were stored"
+        for ws in sockets:
+            await ws.close()
 
 
 # -- memory per connection (finding 3) -------------------------------------------------------

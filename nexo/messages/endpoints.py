@@ -97,7 +97,7 @@ async def send_message(request: Request) -> HTTPResponse:
         raise UnknownRecipient()
     writer: MessageWriter = request.app.ctx.message_writer
     result = await writer.send(
-        service.new_message(message_id, principal.user_id, recipient_id, data.body),
+        service.new_message(message_id, principal.user_id, recipient_id, data.body, principal.session_id),
         principal.username,
         data.to.lower(),
     )

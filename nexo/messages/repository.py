@@ -28,6 +28,8 @@ class NewMessage(NamedTuple):
     recipient_id: int
     body: str
     server_ts: int
+    #: The sender's session; on PostgreSQL the row is stored only if it is still live at commit.
+    session_id: str | None = None
 
 
 class StoredMessage(NamedTuple):
@@ -85,6 +87,7 @@ async def insert_batch(rows: Sequence[NewMessage]) -> dict[str, int]:
                 [row.recipient_id for row in rows],
                 [row.body for row in rows],
                 [row.server_ts for row in rows],
+                [row.session_id for row in rows],
             ],
         )
         return {record["message_id"]: int(record["id"]) for record in result}
@@ -99,12 +102,20 @@ async def insert_batch(rows: Sequence[NewMessage]) -> dict[str, int]:
     return inserted
 
 
+#: Several workers: a session ended on one worker is seen by the others' polls only within
+#: 0.5 s, so the row's own statement checks that its sender's session is still live. The
+#: statement's snapshot is taken when it starts, after the frame was read, so a revocation
+#: committed before that (logout answered before the client wrote the frame) is always seen:
+#: nothing read after the revocation is stored. A refused row is simply not returned.
 _PG_INSERT = (
     f"WITH seq_lock AS (SELECT pg_advisory_xact_lock({SEQ_LOCK_KEY})) "
     "INSERT INTO messages (message_id, sender_id, recipient_id, body, server_ts) "
     "SELECT u.message_id, u.sender_id, u.recipient_id, u.body, u.server_ts "
-    "FROM seq_lock, unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) "
-    "WITH ORDINALITY AS u(message_id, sender_id, recipient_id, body, server_ts, n) ORDER BY u.n "
+    "FROM seq_lock, "
+    "unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::varchar[]) "
+    "WITH ORDINALITY AS u(message_id, sender_id, recipient_id, body, server_ts, session_id, n) "
+    "WHERE u.session_id IS NULL OR EXISTS "
+    "(SELECT 1 FROM sessions s WHERE s.id = u.session_id AND s.revoked_at IS NULL) ORDER BY u.n "
     "ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id"
 )
 

@@ -38,7 +38,7 @@ from prometheus_client import Counter, Histogram
 
 from nexo import db
 from nexo.auth.service import USERNAME_RE
-from nexo.errors import ErrorCode, NexoError, NotFound
+from nexo.errors import ErrorCode, NexoError, NotFound, Unauthorized
 from nexo.messages import repository
 from nexo.messages.repository import NewMessage, StoredMessage
 from nexo.tasks import cancel_and_wait
@@ -99,6 +99,14 @@ class InvalidBody(NexoError):
 
     status = 422
     code = "invalid_body"
+
+
+class SessionEnded(Unauthorized):
+    """The sender's session ended (logout, revocation, deletion) before the message was
+    committed: it is not stored. Seen when another worker ended the session."""
+
+    def __init__(self) -> None:
+        super().__init__("the session has ended; nothing was stored", code="session_ended")
 
 
 class StorageUnavailable(NexoError):
@@ -256,6 +264,8 @@ class MessageWriter:
                 outcome: Outcome = failed[mid]
             elif seq is not None and first[mid] is item:
                 outcome = SendResult(mid, seq, message.server_ts, False)
+            elif seq is None and mid not in existing and first[mid].message.session_id is not None:
+                outcome = SessionEnded()  # refused by the insert's live-session check
             else:
                 original = existing.get(mid) or _as_stored(first[mid], seq)
                 outcome = _duplicate_or_conflict(message, original)
@@ -420,8 +430,12 @@ def check_body(body: str, limit: int) -> None:
         raise InvalidBody(problem)
 
 
-def new_message(message_id: str, sender_id: int, recipient_id: int, body: str) -> NewMessage:
-    return NewMessage(message_id, sender_id, recipient_id, body, now_ms())
+def new_message(
+    message_id: str, sender_id: int, recipient_id: int, body: str, session_id: str | None = None
+) -> NewMessage:
+    """A message to queue; with ``session_id``, stored only while that session is live
+    (checked in the insert itself on PostgreSQL; see ``repository._PG_INSERT``)."""
+    return NewMessage(message_id, sender_id, recipient_id, body, now_ms(), session_id)
 
 
 async def history(user_id: int, since: int, limit: int) -> list[StoredMessage]:

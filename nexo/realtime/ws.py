@@ -412,7 +412,9 @@ class Session:
 
     def _submit(self, frame: Send, recipient_id: int) -> None:
         conn = self.conn
-        message = service.new_message(frame.message_id, conn.user_id, recipient_id, frame.body)
+        message = service.new_message(
+            frame.message_id, conn.user_id, recipient_id, frame.body, conn.session_id
+        )
         self.writer.submit(
             message, conn.username, frame.to.lower(), functools.partial(_answer, conn, frame.message_id)
         )
