@@ -242,10 +242,10 @@ def test_a_forged_fork_is_refused_and_never_cosigned(
     fork = grow(server, tree, 20, root=b"\x09" * 32)
     deadline = time.monotonic() + 30
     state = _states(server)[witness.name]
-    while time.monotonic() < deadline and not state["last_error"].startswith("inconsistent"):
+    while time.monotonic() < deadline and not (state["last_error"] or "").startswith("inconsistent"):
         time.sleep(0.2)
         state = _states(server)[witness.name]
-    assert state["last_error"].startswith("inconsistent"), state
+    assert (state["last_error"] or "").startswith("inconsistent"), state
     assert state["cosigned_index"] == honest.index and state["size"] == 10
     _, served, cosigs = _checkpoint(server)
     assert served == honest.index and cosigs == 1, "the fork must never be served as cosigned"
