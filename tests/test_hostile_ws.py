@@ -378,6 +378,28 @@ async def test_invalid_frame_flood_is_metered_by_the_frame_budget(budget_server:
     await honest.close()
 
 
+async def test_sync_storm_is_paced_by_the_frame_budget(budget_server: LocalServer) -> None:
+    """A ``sync`` costs the budget by what it replays (a frame a row and a frame a KiB): a
+    client repeating syncs of a long history is paced like a frame flood."""
+    server = budget_server
+    alice, bob = account(server), account(server)
+    sender = await online(server, alice.access_token)
+    for _ in range(20):
+        assert (await send_and_ack(sender, bob.username, "s" * 4000))["type"] == "ack"
+    storm = await online(server, bob.access_token)
+    for _ in range(20):
+        await storm.send(json.dumps({"type": "sync", "since": 0}))
+    seen = await frames_within(storm, 3.0)
+    synced = sum(1 for f in seen if f.get("type") == "synced")
+    # Each replay costs ~100 frames: 100 of burst and 100/s for 3 s pay for about 4 of them
+    # (the old code replayed all 20 at once).
+    assert 1 <= synced <= 8, f"{synced} of 20 syncs of an 80 KB history replayed in 3 s"
+    # Another client is not slowed by the storm's budget.
+    assert (await send_and_ack(sender, bob.username, "honest"))["type"] == "ack"
+    await storm.close()
+    await sender.close()
+
+
 async def test_connections_over_the_per_user_cap_close_with_4429(budget_server: LocalServer) -> None:
     server = budget_server
     alice, bob = account(server), account(server)

@@ -141,6 +141,16 @@ class Inbox:
         self._items.append(item)
         self._bytes += len(item)
 
+    def spend(self, tokens: float) -> float:
+        """Charge ``tokens`` frames of work done for this connection (a ``sync`` replay) to
+        its budget; seconds until the budget is positive again (0.0 when it still is).
+        Over budget, the socket is not read until then, as for frames."""
+        self._tokens -= tokens
+        if self._tokens >= 0.0:
+            return 0.0
+        self._refill()
+        return max(0.0, -self._tokens / self._rate)
+
     def _refill(self) -> None:
         now = self._loop.time()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)

@@ -58,6 +58,8 @@ log = logging.getLogger("nexo.realtime")
 #: Rows per database read of a ``sync``; the next page is read only once the previous
 #: one has been handed to the socket (paced by the client's reads).
 SYNC_PAGE = 100
+#: Bytes of a ``sync`` replay charged as one frame of the connection's budget.
+SYNC_BYTES_PER_FRAME = 1024
 #: Frames read from the inbox in one go (consecutive sends share one rate-limit hit).
 BURST = 128
 
@@ -427,18 +429,28 @@ class Session:
         upto = since
         while True:
             rows = await service.history(conn.user_id, upto, SYNC_PAGE)
+            replayed = 0
             for row in rows:
-                conn.post(dumps({"type": ServerFrame.MESSAGE.value, **service.message_json(row)}))
+                text = dumps({"type": ServerFrame.MESSAGE.value, **service.message_json(row)})
+                replayed += len(text)
+                conn.post(text)
                 if conn.outbox_bytes > half:
                     await conn.drained()
             if rows:
                 upto = rows[-1].seq
+            # A replay costs the connection's frame budget by its size (one frame a row and
+            # one a KiB), so repeated syncs of a long history are paced like a frame flood.
+            pause = self.inbox.spend(len(rows) + replayed / SYNC_BYTES_PER_FRAME)
             if len(rows) < SYNC_PAGE:
                 break
             await conn.drained()
+            if pause:
+                await asyncio.sleep(pause)
             if conn.ended:
                 return
         conn.post(dumps({"type": ServerFrame.SYNCED.value, "upto": upto}))
+        if pause:  # this connection's next frame waits until the replay is paid for
+            await asyncio.sleep(pause)
 
     async def delivered(self, message_id: str) -> None:
         if not await service.mark_delivered(message_id, self.conn.user_id):
