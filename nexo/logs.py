@@ -50,10 +50,13 @@ class EscapeControl(logging.Filter):
     """Render the record's message with its control characters escaped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "_nexo_escaped", False):
-            record.msg = escape_control(record.getMessage())
+        # Only a message that holds a control character is rewritten (so a second pass
+        # finds nothing to do); no attribute is added, since Sanic's debug formatter
+        # prints a record's extra attributes.
+        message = record.getMessage()
+        if _CONTROL.search(message):
+            record.msg = escape_control(message)
             record.args = None
-            record._nexo_escaped = True
         return True
 
 

@@ -45,3 +45,14 @@ def test_a_traceback_is_indented_and_escaped(captured: io.StringIO) -> None:
 
 def test_escape_control_names_every_control_character() -> None:
     assert logs.escape_control("a\nb\r\tc\x1b\x7f\x9f\u2028é") == "a\\nb\\r\\tc\\x1b\\x7f\\x9f\\u2028é"
+
+
+def test_the_filter_adds_no_attribute_to_the_record() -> None:
+    """Sanic's debug formatter prints a record's extra attributes as ``name=value`` lines."""
+    record = logging.LogRecord("sanic.root", logging.INFO, __file__, 1, "a\nb %s", ("c",), None)
+    before = set(vars(record))
+    logs.EscapeControl().filter(record)
+    assert set(vars(record)) == before
+    assert record.getMessage() == "a\\nb c"
+    logs.EscapeControl().filter(record)  # a second pass changes nothing
+    assert record.getMessage() == "a\\nb c"
