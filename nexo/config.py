@@ -10,7 +10,7 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -109,7 +109,6 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     dev: bool = False
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def database_kind(self) -> str:
@@ -128,9 +127,6 @@ class Settings:
     @property
     def signing_key_path(self) -> Path:
         return self.signing_key_file or self.data_dir / "sth_signing.key"
-
-    def with_overrides(self, **changes: object) -> Settings:
-        return replace(self, **changes)  # type: ignore[arg-type]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, dev: bool = False) -> Settings:

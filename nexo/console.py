@@ -6,18 +6,12 @@ Exit codes: 0 success, 1 a check found a problem, 2 bad configuration or usage.
 from __future__ import annotations
 
 import sys
-from enum import IntEnum
 
 from nexo.config import Settings
 
-
-class Exit(IntEnum):
-    OK = 0
-    PROBLEM = 1
-    CONFIG = 2
-
-
-EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = Exit.OK, Exit.PROBLEM, Exit.CONFIG
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_CONFIG = 2
 
 
 def fail(message: str, code: int = EXIT_CONFIG) -> int:

@@ -222,14 +222,6 @@ async def find_user_id(username: str) -> int | None:
     return int(rows[0]["id"]) if rows else None
 
 
-async def duplicate_message_ids() -> list[tuple[str, int]]:
-    """The runbook's duplicate query: ``message_id`` values stored more than once (should be none)."""
-    rows = await db.connection().execute_query_dict(
-        "SELECT message_id, COUNT(*) AS n FROM messages GROUP BY message_id HAVING COUNT(*) > 1"
-    )
-    return [(row["message_id"], int(row["n"])) for row in rows]
-
-
 async def recipients_between(after: int, upto: int) -> list[tuple[int, int]]:
     """(seq, recipient_id) of every message with ``after < seq <= upto`` (a primary-key range)."""
     p = _params(db.dialect(), 2)

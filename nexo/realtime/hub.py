@@ -560,9 +560,6 @@ class Hub:
                 if len(feed.pushed) > MAX_UNSWEPT:
                     self.signal((feed.user_id,))  # one read moves the cursor past them
 
-    def wants(self, user_id: int) -> bool:
-        return user_id in self._feeds
-
     def resent(self, user_ids: Iterable[int]) -> None:
         """Messages for these users were sent again and found stored: whoever stored them
         may have died before signalling, so read their rows now."""
