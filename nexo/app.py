@@ -20,8 +20,11 @@ from nexo.auth import endpoints as auth_endpoints
 from nexo.checkpoint import Checkpointer, WriterConnection
 from nexo.config import Settings
 from nexo.devices import endpoints as devices_endpoints
+from nexo.devices import service as devices_service
 from nexo.messages import endpoints as messages_endpoints
 from nexo.realtime import ws as realtime_ws
+from nexo.realtime.hub import on_commit
+from nexo.realtime.sessions import ENDED
 from nexo.transparency import endpoints as transparency_endpoints
 from nexo.web import endpoints as web_endpoints
 
@@ -118,9 +121,39 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     app.blueprint(metrics.bp)
     for feature in FEATURES:
         feature.setup(app)
+    # After every feature's own start-up listener (same priority, registered last).
+    app.register_listener(_link_features, "before_server_start")
 
     app.on_response(_finish_response, priority=-1000)
     return app
+
+
+async def _link_features(app: NexoApp) -> None:
+    """Every link between features, in one place: who is told what, and by whom.
+
+    Runs before the server accepts anything, so nothing happens that a link could miss.
+    """
+    ctx = app.ctx
+    auth, hub, recipients, sequencer = ctx.auth, ctx.hub, ctx.recipients, ctx.sequencer
+
+    async def revoke_devices(user_id: int, username: str) -> None:
+        await devices_service.revoke_all(sequencer, user_id, username)
+
+    async def forget_recipient(user_id: int, username: str) -> None:
+        recipients.forget(user_id)
+        ctx.broker.publish_deleted(user_id)
+
+    # DELETE /api/me: devices are revoked before the user row goes, and again after it (a
+    # registration claimed just before the deletion is committed by then); then the names
+    # cached for the user are forgotten here and in every other process.
+    auth.deleting_hooks.append(revoke_devices)
+    auth.deleted_hooks.extend([revoke_devices, forget_recipient])
+    # Sessions ended through this process: their WebSockets here close at once.
+    auth.session_listeners.append(lambda user_id, session_id: hub.end_sessions(user_id, session_id, ENDED))
+    # Each committed batch of messages is pushed here and signalled to other processes.
+    ctx.message_writer.listeners.append(on_commit(hub, ctx.broker.publish))
+    # Another process deleted an account: forget the names cached for it.
+    ctx.broker.on_user_deleted = recipients.forget
 
 
 async def _tune_gc(app: NexoApp) -> None:

@@ -37,12 +37,8 @@ log = logging.getLogger("nexo.auth")
 
 USERNAME_RE = re.compile(r"^[a-z0-9_.-]{3,32}$")
 
-#: Run by ``DELETE /api/me`` before the user row goes: ``async hook(user_id, username)``.
-ACCOUNT_DELETION_HOOKS: list[Callable[[int, str], Awaitable[None]]] = []
-#: Run by ``DELETE /api/me`` once the deletion is committed: ``async hook(user_id, username)``.
-#: From then on nothing new can be attached to the user (device registrations are refused,
-#: ids are never reused), so these hooks see everything that ever will be.
-ACCOUNT_DELETED_HOOKS: list[Callable[[int, str], Awaitable[None]]] = []
+#: What another feature does when an account is deleted: ``async hook(user_id, username)``.
+AccountHook = Callable[[int, str], Awaitable[object]]
 
 FAILED_LOGINS = Counter("nexo_failed_logins_total", "Failed login attempts", ["reason"])
 LOCKED_OUT = Counter("nexo_login_lockouts_total", "Logins refused because of too many failures")
@@ -92,6 +88,18 @@ def check_password(password: str) -> None:
         )
 
 
+async def find_user(username: str) -> User | None:
+    """The account named ``username`` (any case), or None."""
+    name = username.lower()
+    # A name no account can have is unknown without a query (it may not fit the column).
+    return await repository.get_by_username(name) if USERNAME_RE.fullmatch(name) else None
+
+
+async def live_sessions(session_ids: set[str]) -> set[str]:
+    """Those of ``session_ids`` that are live and belong to an existing user."""
+    return await repository.live_sessions(session_ids)
+
+
 class AuthService:
     def __init__(self, settings: Settings, tokens: TokenService, passwords: Passwords) -> None:
         self.settings = settings
@@ -102,6 +110,12 @@ class AuthService:
         #: everywhere, account deletion); ``user_id`` is None when unknown. The realtime hub
         #: closes this process's connections of it (other processes poll, nexo/realtime/sessions.py).
         self.session_listeners: list[Callable[[int | None, str | None], None]] = []
+        #: Run by ``DELETE /api/me`` before the user row goes (wired in ``create_app``).
+        self.deleting_hooks: list[AccountHook] = []
+        #: Run by ``DELETE /api/me`` once the deletion is committed (wired in ``create_app``).
+        #: From then on nothing new can be attached to the user (device registrations are
+        #: refused, ids are never reused), so these hooks see everything that ever will be.
+        self.deleted_hooks: list[AccountHook] = []
 
     async def register(self, username: str, password: str) -> User:
         name = normalize_username(username)
@@ -213,10 +227,10 @@ class AuthService:
         user = await repository.get_by_id(user_id)
         if user is None:
             return
-        for hook in ACCOUNT_DELETION_HOOKS:
+        for hook in self.deleting_hooks:
             await hook(user_id, user.username)
         await repository.delete_user(user_id)
         self._ended(user_id, None)
-        for hook in ACCOUNT_DELETED_HOOKS:
+        for hook in self.deleted_hooks:
             await hook(user_id, user.username)
         log.info("deleted user id %s", user_id)

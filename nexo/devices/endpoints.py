@@ -10,7 +10,6 @@ from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 
 from nexo.auth.guard import authenticated
-from nexo.auth.service import ACCOUNT_DELETED_HOOKS, ACCOUNT_DELETION_HOOKS
 from nexo.devices import service
 from nexo.transparency.endpoints import STHModel
 from nexo.validation import Body, parse_body, path_parameter
@@ -67,27 +66,6 @@ class PublicDeviceList(BaseModel):
 
 def setup(app: Sanic) -> None:
     app.blueprint(bp)
-
-    @app.before_server_start
-    async def register_device_writers(app: Sanic) -> None:
-        sequencer = app.ctx.sequencer
-        service.register_writers(sequencer)
-
-        async def revoke_devices_of(user_id: int, username: str) -> None:
-            await service.revoke_all(sequencer, user_id, username)
-
-        # Before the deletion, and again after it: a registration that was claimed just
-        # before the user row went is committed by then (RegisterWriter.claim) and revoked.
-        app.ctx.device_deletion_hook = revoke_devices_of
-        ACCOUNT_DELETION_HOOKS.append(revoke_devices_of)
-        ACCOUNT_DELETED_HOOKS.append(revoke_devices_of)
-
-    @app.after_server_stop
-    async def unregister_hook(app: Sanic) -> None:
-        hook = getattr(app.ctx, "device_deletion_hook", None)
-        for hooks in (ACCOUNT_DELETION_HOOKS, ACCOUNT_DELETED_HOOKS):
-            if hook in hooks:
-                hooks.remove(hook)
 
 
 def _logged(body: dict[str, Any], status: int) -> HTTPResponse:

@@ -22,8 +22,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from nexo.auth import repository as users
-from nexo.auth.service import USERNAME_RE
+from nexo.auth import service as accounts
 from nexo.devices import repository
 from nexo.devices.models import Device
 from nexo.devices.repository import NewDevice, Revocation
@@ -33,8 +32,10 @@ from nexo.transparency.sequencer import Rejected, Sequenced, Sequencer
 from nexo.transparency.sth import b64
 
 KEY_BYTES = 32
-REGISTER_KIND = "device.register"
-REVOKE_KIND = "device.revoke"
+#: The rows a registration leaf adds, written in the sequencer's transaction.
+REGISTER_WRITER = repository.RegisterWriter()
+#: The row change a revocation leaf makes, written in the sequencer's transaction.
+REVOKE_WRITER = repository.RevokeWriter()
 
 
 class KeyType(StrEnum):
@@ -139,11 +140,6 @@ class LoggedChange:
         }
 
 
-def register_writers(sequencer: Sequencer) -> None:
-    sequencer.register_writer(REGISTER_KIND, repository.RegisterWriter())
-    sequencer.register_writer(REVOKE_KIND, repository.RevokeWriter())
-
-
 async def register(
     sequencer: Sequencer, user_id: int, username: str, name: str, public_key: str, key_type: str
 ) -> LoggedChange:
@@ -171,7 +167,7 @@ async def register(
         }
     )
     try:
-        sequenced = await sequencer.submit(REGISTER_KIND, new, leaf)
+        sequenced = await sequencer.submit(REGISTER_WRITER, new, leaf)
     except Rejected:
         # The account was deleted while the registration waited (RegisterWriter.claim).
         raise Unauthorized("the account has been deleted", code=ErrorCode.INVALID_TOKEN) from None
@@ -216,7 +212,7 @@ async def revoke(sequencer: Sequencer, user_id: int, username: str, device_id: u
     )
     revocation = Revocation(device.id, user_id, datetime.fromtimestamp(now_ms / 1000, UTC))
     try:
-        sequenced = await sequencer.submit(REVOKE_KIND, revocation, leaf)
+        sequenced = await sequencer.submit(REVOKE_WRITER, revocation, leaf)
     except Rejected:
         raise Conflict(
             f"device {device_id} is already revoked", code=DeviceErrorCode.DEVICE_ALREADY_REVOKED
@@ -226,7 +222,12 @@ async def revoke(sequencer: Sequencer, user_id: int, username: str, device_id: u
 
 
 async def revoke_all(sequencer: Sequencer, user_id: int, username: str) -> int:
-    """Revoke every active device of a user (account deletion); they share one STH."""
+    """Revoke every active device of a user (account deletion); they share one STH.
+
+    ``create_app`` runs it before the user row goes and again once it is gone: a
+    registration claimed just before the deletion is committed by then
+    (``RegisterWriter.claim``) and revoked.
+    """
     devices = await repository.active_for_user(user_id)
 
     async def one(device: Device) -> bool:
@@ -245,9 +246,7 @@ async def list_mine(user_id: int) -> list[dict[str, Any]]:
 
 
 async def list_for_username(username: str) -> list[dict[str, Any]]:
-    name = username.lower()
-    # A name no account can have is unknown without a query (it may not fit the column).
-    user = await users.get_by_username(name) if USERNAME_RE.fullmatch(name) else None
+    user = await accounts.find_user(username)
     if user is None:
         raise NotFound(f"no user {username!r}", code=DeviceErrorCode.USER_NOT_FOUND)
     return [public_device_json(device) for device in await repository.active_for_user(user.id)]

@@ -13,7 +13,6 @@ from nexo.auth.guard import authenticated
 from nexo.errors import NotFound, ValidationFailed
 from nexo.messages import service
 from nexo.messages.service import MessageWriter, RecipientCache, UnknownRecipient
-from nexo.realtime.protocol import FrameError, normalize_message_id
 from nexo.validation import INT64_MAX, Body, Query, parse_body, parse_query, path_parameter, query_parameters
 
 bp = Blueprint("messages", url_prefix="/api")
@@ -73,10 +72,10 @@ def _full(message: Any) -> dict[str, Any]:
 
 
 def _message_id(value: str) -> str:
-    try:
-        return normalize_message_id(value)
-    except FrameError as exc:
-        raise ValidationFailed(f"message_id: {exc.message}", code="invalid_message_id") from None
+    canonical = service.canonical_message_id(value)
+    if canonical is None:
+        raise ValidationFailed(f"message_id: {service.MESSAGE_ID_FORMAT}", code="invalid_message_id")
+    return canonical
 
 
 @bp.post("/messages")
@@ -129,9 +128,8 @@ async def list_messages(request: Request) -> HTTPResponse:
 @openapi.secured("bearer")
 @authenticated
 async def get_message(request: Request, message_id: str) -> HTTPResponse:
-    try:
-        canonical = normalize_message_id(message_id)
-    except FrameError:
-        raise NotFound("no such message") from None
+    canonical = service.canonical_message_id(message_id)
+    if canonical is None:
+        raise NotFound("no such message")
     row = await service.get_visible(canonical, request.ctx.principal.user_id)
     return json(_full(row))

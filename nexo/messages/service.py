@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -154,6 +155,18 @@ class _Pending:
         self.sender = sender
         self.recipient = recipient
         self.callback = callback
+
+
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: Why a ``message_id`` is refused, in the same words over HTTP and WebSocket.
+MESSAGE_ID_FORMAT = "message_id must be a UUID (8-4-4-4-12 hex)"
+
+
+def canonical_message_id(value: object) -> str | None:
+    """The canonical lowercase hyphenated form of a UUID, or None when ``value`` is not one."""
+    if not isinstance(value, str) or _UUID_RE.fullmatch(value) is None:
+        return None
+    return value.lower()
 
 
 def now_ms() -> int:
@@ -452,6 +465,29 @@ async def get_visible(message_id: str, user_id: int) -> StoredMessage:
 
 async def mark_delivered(message_id: str, recipient_id: int) -> bool:
     return await repository.mark_delivered(message_id, recipient_id, now_ms())
+
+
+# What the realtime feature reads to push and to catch up (nexo/realtime/hub.py).
+
+
+async def list_received(user_id: int, since: int, limit: int) -> list[StoredMessage]:
+    """Messages received by ``user_id`` with ``seq > since``, ascending."""
+    return await repository.list_received(user_id, since, limit)
+
+
+async def max_seq() -> int:
+    """The highest seq handed out so far (0 when empty)."""
+    return await repository.max_seq()
+
+
+async def recipients_between(after: int, upto: int) -> list[tuple[int, int]]:
+    """(seq, recipient_id) of every message with ``after < seq <= upto``."""
+    return await repository.recipients_between(after, upto)
+
+
+async def received_after(cursors: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """Per user id with messages above its cursor: how many, and the newest seq."""
+    return await repository.received_after(cursors)
 
 
 def message_json(message: StoredMessage | Delivery) -> dict[str, object]:

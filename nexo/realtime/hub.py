@@ -31,9 +31,8 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 from websockets.protocol import State
 
-from nexo.messages import repository
-from nexo.messages.repository import StoredMessage
-from nexo.messages.service import CommitListener, Delivery, Gate
+from nexo.messages import service as messages
+from nexo.messages.service import CommitListener, Delivery, Gate, StoredMessage
 from nexo.realtime.protocol import CloseCode, ServerFrame, dumps, text_frame
 from nexo.tasks import cancel_and_wait, repeat
 
@@ -535,7 +534,7 @@ class Hub:
     async def _catch_up(self, conn: Connection, since: int) -> None:
         """Push to ``conn`` what its user received after ``since`` (seqs it already got are skipped)."""
         while True:
-            rows = await repository.list_received(conn.user_id, since, SIGNAL_PAGE)
+            rows = await messages.list_received(conn.user_id, since, SIGNAL_PAGE)
             for row in rows:
                 conn.push(row)
             if len(rows) < SIGNAL_PAGE:
@@ -603,7 +602,7 @@ class Hub:
         """Push every row of the user after its cursor that this process did not push yet."""
         while True:
             feed.deferred = False
-            rows = await repository.list_received(feed.user_id, feed.cursor, SIGNAL_PAGE)
+            rows = await messages.list_received(feed.user_id, feed.cursor, SIGNAL_PAGE)
             if self._feeds.get(feed.user_id) is not feed:
                 return  # every connection closed meanwhile
             for row in rows:
@@ -637,7 +636,7 @@ class Hub:
         if not feeds:
             self._mark = None
             return
-        top = await repository.max_seq()  # every seq <= top is committed (commit order)
+        top = await messages.max_seq()  # every seq <= top is committed (commit order)
         self.saw(top)
         mark = self._mark
         window = mark is not None and top - mark <= max(len(feeds), SWEEP_WINDOW)
@@ -648,7 +647,7 @@ class Hub:
         lagging: set[int] = set()
         if windowed and mark is not None and top > mark:
             SWEEPS.inc()
-            for seq, recipient_id in await repository.recipients_between(mark, top):
+            for seq, recipient_id in await messages.recipients_between(mark, top):
                 found = feeds.get(recipient_id)
                 if found is not None and seq > found.cursor and seq not in found.pushed:
                     lagging.add(recipient_id)
@@ -658,7 +657,7 @@ class Hub:
         for start in range(0, len(probed), SWEEP_BATCH):
             chunk = {feed.user_id: feed.cursor for feed in probed[start : start + SWEEP_BATCH]}
             SWEEPS.inc()
-            counts = await repository.received_after(chunk)
+            counts = await messages.received_after(chunk)
             for user_id, cursor in chunk.items():
                 current = feeds.get(user_id)
                 if current is None or current.cursor != cursor:
@@ -702,13 +701,13 @@ class Hub:
     async def start_hint(self) -> None:
         """Read the newest seq now and, when other processes share the database, every
         :data:`HINT_SECONDS` (they commit messages this process does not see)."""
-        self.saw(await repository.max_seq())
+        self.saw(await messages.max_seq())
         if self.sweep_seconds is not None:
             self._hint_task = repeat(HINT_SECONDS, self._read_hint, "nexo-ws-hint")
 
     async def _read_hint(self) -> None:
         try:
-            self.saw(await repository.max_seq())
+            self.saw(await messages.max_seq())
         except Exception as exc:  # the database is away: the hint only lags
             log.warning("reading the newest seq failed: %r", exc)
 

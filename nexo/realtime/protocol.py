@@ -9,10 +9,10 @@ connection open.
 from __future__ import annotations
 
 import json
-import re
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple
 
+from nexo.messages.service import MESSAGE_ID_FORMAT, canonical_message_id
 from nexo.text import body_problem, echoable, has_lone_surrogate, may_hold_escapes
 from nexo.validation import INT64_MAX
 
@@ -97,15 +97,15 @@ class Auth(NamedTuple):
 
 Frame = Send | Delivered | Sync | Auth
 
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _SEND_FIELDS = frozenset({"type", "message_id", "to", "body"})
 
 
 def normalize_message_id(value: object) -> str:
     """The canonical lowercase hyphenated form of a UUID, or :class:`FrameError`."""
-    if not isinstance(value, str) or _UUID_RE.fullmatch(value) is None:
-        raise FrameError(WsError.INVALID_MESSAGE_ID, "message_id must be a UUID (8-4-4-4-12 hex)")
-    return value.lower()
+    canonical = canonical_message_id(value)
+    if canonical is None:
+        raise FrameError(WsError.INVALID_MESSAGE_ID, MESSAGE_ID_FORMAT)
+    return canonical
 
 
 def _string(data: dict[str, Any], name: str, message_id: str | None = None) -> str:

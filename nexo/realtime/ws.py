@@ -26,17 +26,15 @@ from prometheus_client import Counter as MetricCounter
 from sanic import Blueprint, Request, Sanic
 from websockets.exceptions import ConnectionClosed
 
-from nexo.auth import repository as auth_repository
+from nexo.auth import service as accounts
 from nexo.auth.guard import Principal, bearer_token, principal_for_token
-from nexo.auth.service import ACCOUNT_DELETED_HOOKS
 from nexo.config import Settings
 from nexo.errors import NexoError, TooManyRequests
-from nexo.messages import repository as messages_repository
 from nexo.messages import service
 from nexo.messages.service import MessageWriter, Outcome, RecipientCache, SendResult
 from nexo.ratelimit import Bucket, client_address
 from nexo.realtime.broker import LocalBroker, make_broker
-from nexo.realtime.hub import CLOSES, UNAUTHORIZED_CLOSES, Connection, Hub, on_commit
+from nexo.realtime.hub import CLOSES, UNAUTHORIZED_CLOSES, Connection, Hub
 from nexo.realtime.inbox import Inbox
 from nexo.realtime.protocol import (
     Auth,
@@ -51,7 +49,7 @@ from nexo.realtime.protocol import (
     error_frame,
     parse_frame,
 )
-from nexo.realtime.sessions import ENDED, SessionWatch
+from nexo.realtime.sessions import SessionWatch
 
 log = logging.getLogger("nexo.realtime")
 
@@ -119,7 +117,7 @@ async def admit_upgrade(request: Request) -> None:
             app.ctx.tokens.verify_access(bearer_token(header))
         except Exception:  # closed with 4401 after the handshake
             return
-        request.ctx.push_from = await messages_repository.max_seq()
+        request.ctx.push_from = await service.max_seq()
 
 
 def setup(app: Sanic) -> None:
@@ -134,31 +132,16 @@ def setup(app: Sanic) -> None:
         hub.start()
         await hub.start_hint()
         app.ctx.ws_pending = Counter()
-        writer: MessageWriter = app.ctx.message_writer
-        writer.listeners.append(on_commit(hub, broker.publish))
         app.ctx.hub = hub
         app.ctx.broker = broker
-        app.ctx.session_watch = SessionWatch(hub, auth_repository.live_sessions)
+        app.ctx.session_watch = SessionWatch(hub, accounts.live_sessions)
         app.ctx.session_watch.start()
-        # Sessions ended through this process: their connections here close at once.
-        app.ctx.auth.session_listeners.append(
-            lambda user_id, session_id: hub.end_sessions(user_id, session_id, ENDED)
-        )
-        recipients: RecipientCache = app.ctx.recipients
-        broker.on_user_deleted = recipients.forget
         try:
             await broker.start(hub.signal, hub.signal_everyone)
         except Exception as exc:
             # Pushes across processes are late until it answers; sync still repairs.
             log.error("broker (%s) did not start: %r; cross-process push is off", broker.kind, exc)
             app.ctx.broker = LocalBroker()
-
-        async def forget_deleted(user_id: int, username: str) -> None:
-            recipients.forget(user_id)
-            app.ctx.broker.publish_deleted(user_id)
-
-        app.ctx.recipient_deletion_hook = forget_deleted
-        ACCOUNT_DELETED_HOOKS.append(forget_deleted)
 
     @app.before_server_stop
     async def stop_realtime(app: Sanic) -> None:
@@ -172,8 +155,6 @@ def setup(app: Sanic) -> None:
         await hub.stop()
         broker: LocalBroker = app.ctx.broker
         await broker.close()
-        if app.ctx.recipient_deletion_hook in ACCOUNT_DELETED_HOOKS:
-            ACCOUNT_DELETED_HOOKS.remove(app.ctx.recipient_deletion_hook)
 
 
 @bp.websocket("/ws")

@@ -118,7 +118,7 @@ class Sequenced:
 
 @dataclass(slots=True)
 class _Pending:
-    kind: str
+    writer: EntryWriter
     payload: Any
     leaf: bytes
     future: asyncio.Future[Sequenced]
@@ -140,16 +140,12 @@ class Sequencer:
         self.max_age = max_age
         #: Wall-clock ms of the latest STH this sequencer knows of (``None``: not read yet).
         self._latest_ms: int | None = None
-        self.writers: dict[str, EntryWriter] = {}
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         #: ((tree size, root hash), root nodes) of the last STH this sequencer committed.
         self._frontier: tuple[tuple[int, bytes], dict[merkle.NodeId, bytes]] | None = None
-
-    def register_writer(self, kind: str, writer: EntryWriter) -> None:
-        self.writers[kind] = writer
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="nexo-sequencer")
@@ -163,14 +159,15 @@ class Sequencer:
         await self._task
         self._task = None
 
-    async def submit(self, kind: str, payload: Any, leaf: bytes) -> Sequenced:
-        """Queue one leaf; return once it is in a committed, signed tree head."""
-        if kind not in self.writers:
-            raise KeyError(f"no writer for entry kind {kind!r}")
+    async def submit(self, writer: EntryWriter, payload: Any, leaf: bytes) -> Sequenced:
+        """Queue one leaf; return once it is in a committed, signed tree head.
+
+        ``writer`` claims ``payload`` and writes its rows in the leaf's transaction.
+        """
         if self._task is None or self._stopping:
             raise RuntimeError("the sequencer is not running")
         future: asyncio.Future[Sequenced] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(kind, payload, leaf, future))
+        self._queue.append(_Pending(writer, payload, leaf, future))
         self._wake.set()
         return await future
 
@@ -310,11 +307,11 @@ class Sequencer:
             known = {**frontier, **created}
             root = merkle.root_from_nodes(new_size, known)
             await repository.append(conn, size, leaves, created)
-            groups: dict[str, list[tuple[Any, int]]] = {}
+            groups: dict[EntryWriter, list[tuple[Any, int]]] = {}
             for offset, pending in enumerate(accepted):
-                groups.setdefault(pending.kind, []).append((pending.payload, size + offset))
-            for kind, items in groups.items():
-                await self.writers[kind].write(conn, items)
+                groups.setdefault(pending.writer, []).append((pending.payload, size + offset))
+            for writer, items in groups.items():
+                await writer.write(conn, items)
             head = sth_mod.next_head(previous, new_size, root, int(time.time() * 1000))
             signed = sth_mod.sign(head, self.key)
             await repository.add_sth(conn, signed)
@@ -374,16 +371,16 @@ class Sequencer:
             self._frontier = ((head.tree_size, head.root_hash), {node: known[node] for node in wanted})
 
     async def _claim(self, conn: BaseDBAsyncClient, batch: list[_Pending]) -> list[_Pending]:
-        by_kind: dict[str, list[_Pending]] = {}
+        by_writer: dict[EntryWriter, list[_Pending]] = {}
         for pending in batch:
-            by_kind.setdefault(pending.kind, []).append(pending)
+            by_writer.setdefault(pending.writer, []).append(pending)
         refused: set[int] = set()
-        for kind, items in by_kind.items():
-            verdicts = await self.writers[kind].claim(conn, [item.payload for item in items])
+        for writer, items in by_writer.items():
+            verdicts = await writer.claim(conn, [item.payload for item in items])
             refused.update(id(item) for item, ok in zip(items, verdicts, strict=True) if not ok)
         for pending in batch:
             if id(pending) in refused and not pending.future.done():
-                pending.future.set_exception(Rejected(pending.kind))
+                pending.future.set_exception(Rejected(type(pending.writer).__name__))
         return [pending for pending in batch if id(pending) not in refused]
 
 

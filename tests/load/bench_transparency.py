@@ -228,7 +228,6 @@ def bench_sequencer(args: argparse.Namespace, stack: contextlib.ExitStack) -> No
     async def run() -> tuple[list[float], int]:
         await prepare_storage(settings)
         sequencer = Sequencer(load_signing_key(settings, await repository.latest_sth()))
-        service.register_writers(sequencer)
         sequencer.start()
         latencies: list[float] = []
         deadline = time.perf_counter() + args.seconds
