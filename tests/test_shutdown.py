@@ -35,7 +35,12 @@ GOING_AWAY = 1001
 
 
 async def _storm(
-    server: LocalServer, sender: Account, to: str, acked: dict[str, int], closes: list[int | None]
+    server: LocalServer,
+    sender: Account,
+    to: str,
+    acked: dict[str, int],
+    closes: list[int | None],
+    errors: list[str],
 ) -> int:
     """Send until the server closes; record acks. Returns how many sends went out."""
     headers = {"Authorization": f"Bearer {sender.access_token}"}
@@ -49,6 +54,9 @@ async def _storm(
                     data = json.loads(raw)
                     if data.get("type") == "ack":
                         acked[data["message_id"]] = int(data["seq"])
+                        window.release()
+                    elif data.get("type") == "error":
+                        errors.append(data["code"])
                         window.release()
             except ConnectionClosed:
                 pass
@@ -93,6 +101,7 @@ def test_sigterm_during_a_send_storm_loses_no_acked_message(make_server: ServerF
     senders = [Account.create(server.base_url) for _ in range(SENDERS)]
     acked: dict[str, int] = {}
     closes: list[int | None] = []
+    errors: list[str] = []
     sent: list[int] = []
 
     def terminate_later() -> None:
@@ -101,7 +110,7 @@ def test_sigterm_during_a_send_storm_loses_no_acked_message(make_server: ServerF
         server._signal_group(signal.SIGTERM)
 
     async def run() -> None:
-        storms = [_storm(server, s, recipient.username, acked, closes) for s in senders]
+        storms = [_storm(server, s, recipient.username, acked, closes, errors) for s in senders]
         sent.extend(await asyncio.gather(*storms))
 
     killer = threading.Thread(target=terminate_later)
@@ -115,6 +124,9 @@ def test_sigterm_during_a_send_storm_loses_no_acked_message(make_server: ServerF
     assert time.monotonic() - started < 30
     assert len(acked) > 50, f"only {len(acked)} acks before SIGTERM: the storm did not get going"
     assert closes == [GOING_AWAY] * SENDERS, closes
+    # A send the stopping server refuses gets the code of an uncommitted batch (HTTP's 503
+    # code too): not stored, resend the same message_id.
+    assert set(errors) <= {"service_unavailable"}, errors
 
     # Restart on the same data and read everything back.
     again = LocalServer(server.data_dir, server.env)

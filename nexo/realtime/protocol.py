@@ -63,7 +63,7 @@ class WsError(StrEnum):
     NOT_FOUND = "not_found"
     RATE_LIMITED = "rate_limited"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
-    UNAVAILABLE = "unavailable"
+    SERVICE_UNAVAILABLE = "service_unavailable"
     INVALID_BODY = "invalid_body"
 
 

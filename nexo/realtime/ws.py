@@ -333,9 +333,8 @@ class Session:
         conn = self.conn
         if self.hub.closing:
             for frame in sends:
-                conn.post(
-                    error_frame(WsError.UNAVAILABLE, "the server is shutting down; resend", frame.message_id)
-                )
+                stopping = "the server is shutting down; resend"
+                conn.post(error_frame(WsError.SERVICE_UNAVAILABLE, stopping, frame.message_id))
             return
         rate = self.settings.ws_rate_limit
         admitted = sends
