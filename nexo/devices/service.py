@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from nexo.devices.models import Device
 from nexo.devices.repository import NewDevice, Revocation
 from nexo.errors import BadRequest, Conflict, ErrorCode, NotFound, Unauthorized
 from nexo.timefmt import utc_iso
+from nexo.transparency.leaf import canonical_leaf
 from nexo.transparency.sequencer import Rejected, Sequenced, Sequencer
 from nexo.transparency.sth import b64
 
@@ -55,11 +55,6 @@ class DeviceErrorCode(StrEnum):
     DEVICE_NOT_FOUND = "device_not_found"
     DEVICE_ALREADY_REVOKED = "device_already_revoked"
     USER_NOT_FOUND = "user_not_found"
-
-
-def canonical_leaf(event: dict[str, Any]) -> bytes:
-    """Sorted keys, no spaces, UTF-8."""
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def check_public_key(text: str) -> bytes:

@@ -179,9 +179,9 @@ class Doctor:
 
     async def _audit(self) -> str | None:
         """Run the transparency audit against the URL; ``None`` when clean."""
-        from nexo.ops import chain
+        from nexo.transparency.audit.http import audit_url_summary
 
-        return await chain.audit_url(self.url)
+        return await audit_url_summary(self.url)
 
     async def jwt(self) -> Check:
         if self.settings is None:

@@ -471,9 +471,9 @@ async def import_command(settings: Settings, path: Path, *, force: bool) -> int:
             file=sys.stderr,
         )
         await import_database(path, header, force, Progress())
-        from nexo.ops import chain
+        from nexo.transparency.audit.database import audit_database_summary
 
-        anomalies = await chain.audit_database(settings)
+        anomalies = await audit_database_summary(settings)
     finally:
         await close_db()
     total = sum(t["rows"] for t in header["tables"].values())

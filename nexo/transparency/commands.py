@@ -1,4 +1,9 @@
-"""``nexo audit``: verify the STH chain of the local database or of a deployment (``--url``)."""
+"""``nexo audit``: verify the STH chain of the local database or of a deployment (``--url``).
+
+The checks are in ``transparency/audit``; this is the command: its progress bar on stderr
+and the state file of ``--state FILE`` (alias ``--checkpoint FILE``), the latest STH of the
+last clean audit (the *remembered head*), read before the audit and rewritten after a clean one.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +22,9 @@ import httpx
 
 from nexo.config import ConfigError, Settings
 from nexo.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM
-from nexo.transparency.audit import Anomaly, LocalSource, RemoteSource, Report, run_audit
+from nexo.transparency.audit import Anomaly, RememberedHead, Report, run_audit
+from nexo.transparency.audit.database import LocalSource
+from nexo.transparency.audit.http import RemoteSource
 from nexo.transparency.sth import STHError, unb64
 
 
@@ -27,17 +35,75 @@ def offline_settings() -> Settings:
     return Settings.from_env(env, dev=True)
 
 
+class ProgressBar:
+    """A progress line on stderr for long chains (at most a few updates a second)."""
+
+    def __init__(self) -> None:
+        self.total = 1
+        self.enabled = False
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def start(self, total_leaves: int) -> None:
+        self.total = max(total_leaves, 1)
+        self.enabled = total_leaves >= 10_000
+
+    def update(self, leaves_done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < (0.2 if self.tty else 5.0):
+            return
+        self.last = now
+        share = min(leaves_done / self.total, 1.0)
+        bar = "#" * int(share * 30)
+        line = f"audit [{bar:<30}] {leaves_done}/{self.total} leaves ({share:.0%})"
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+def read_state(path: Path) -> RememberedHead | None:
+    """The head remembered in ``path`` by the last clean audit; ``None`` before the first."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "index" not in data or "sth_hash" not in data:
+        raise ValueError(f"{path} is not an STH remembered by nexo audit")
+    return RememberedHead(int(data["index"]), str(data["sth_hash"]), str(path))
+
+
+def write_state(path: Path, latest: dict[str, Any]) -> None:
+    """Remember ``latest`` (an STH as served) in ``path``, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(latest, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def _print_anomaly(anomaly: Anomaly) -> None:
     print(f"ANOMALY {anomaly.line()}", file=sys.stderr, flush=True)
 
 
 async def _audit(args: argparse.Namespace, public_key: bytes | None) -> Report:
+    state = Path(args.state) if args.state else None
+    report = await _run(args, public_key, read_state(state) if state else None)
+    if report.clean and state is not None and report.latest is not None:
+        write_state(state, report.latest)
+    return report
+
+
+async def _run(
+    args: argparse.Namespace, public_key: bytes | None, remembered: RememberedHead | None
+) -> Report:
     settings = offline_settings()  # NEXO_WITNESSES and NEXO_WITNESS_QUORUM: the keys to check
     audit = functools.partial(
         run_audit,
         public_key=public_key,
-        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-        progress=not args.quiet,
+        remembered=remembered,
+        progress=None if args.quiet else ProgressBar(),
         on_anomaly=None if args.json else _print_anomaly,
         witnesses=settings.witnesses,
         quorum=settings.witness_quorum,
@@ -114,10 +180,13 @@ def register(subparsers: Any) -> None:
         "the key served by --url)",
     )
     parser.add_argument(
+        "--state",
         "--checkpoint",
+        dest="state",
         metavar="FILE",
         help="remember the latest STH here after a clean audit, and check next time that it is "
-        "still in the chain unchanged (detects a rewritten or truncated history)",
+        "still in the chain unchanged (detects a rewritten or truncated history); --checkpoint is "
+        "the older name of this option",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

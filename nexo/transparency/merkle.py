@@ -9,7 +9,8 @@ exists as soon as the tree holds that many leaves; it never changes after.
 Storage keeps those nodes, so a proof for any leaf and any past tree size
 needs only the O(log n) nodes named by :func:`inclusion_nodes` or
 :func:`consistency_nodes` (see ``repository.py``). :class:`MemoryTree` keeps
-the same nodes in lists, for tests, the audit and clients.
+the same nodes in lists, for tests; :class:`CompactRange` keeps only the right
+edge, for the sequencer (the nodes a batch creates) and the audit (every root).
 """
 
 from __future__ import annotations
@@ -159,6 +160,62 @@ def root_from_nodes(size: int, nodes: Mapping[NodeId, bytes]) -> bytes:
     return hash_range(0, size, _getter(nodes))
 
 
+class CompactRange:
+    """The right edge of a growing tree: the root of every prefix in O(log n) memory.
+
+    ``stack`` holds the hashes of the complete subtrees named by :func:`root_nodes`
+    of ``size``, left to right (the largest first).
+    """
+
+    __slots__ = ("size", "stack")
+
+    def __init__(self, size: int = 0, stack: Sequence[bytes] = ()) -> None:
+        if len(stack) != size.bit_count():
+            raise ProofError(f"a tree of {size} leaves has {size.bit_count()} edge nodes, not {len(stack)}")
+        self.size = size
+        self.stack = list(stack)
+
+    @classmethod
+    def from_frontier(cls, size: int, frontier: Mapping[NodeId, bytes]) -> CompactRange:
+        """The compact range of a tree of ``size`` from its :func:`root_nodes` hashes."""
+        stack = []
+        for level, index in root_nodes(size):
+            try:
+                stack.append(frontier[(level, index)])
+            except KeyError:
+                raise ProofError(f"frontier node ({level}, {index}) is missing") from None
+        return cls(size, stack)
+
+    def append(self, value: bytes, created: dict[NodeId, bytes] | None = None) -> None:
+        """Append one leaf hash; with ``created``, record every complete subtree it completes."""
+        stack = self.stack
+        stack.append(value)
+        n = self.size
+        if created is not None:
+            created[(0, n)] = value
+            level = 0
+            while n & 1:
+                right = stack.pop()
+                stack[-1] = node_hash(stack[-1], right)
+                n >>= 1
+                level += 1
+                created[(level, n)] = stack[-1]
+        else:
+            while n & 1:
+                right = stack.pop()
+                stack[-1] = node_hash(stack[-1], right)
+                n >>= 1
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self.stack:
+            return EMPTY_ROOT
+        result = self.stack[-1]
+        for value in reversed(self.stack[:-1]):
+            result = node_hash(value, result)
+        return result
+
+
 def appended_nodes(
     size: int, frontier: Mapping[NodeId, bytes], leaf_hashes: Sequence[bytes]
 ) -> dict[NodeId, bytes]:
@@ -167,22 +224,12 @@ def appended_nodes(
     ``frontier`` holds the nodes named by :func:`root_nodes` of ``size`` (the left
     siblings new nodes need). Costs O(len(leaf_hashes) + log size) hashes.
     """
-    known = dict(frontier)
     created: dict[NodeId, bytes] = {}
-    for offset, value in enumerate(leaf_hashes):
-        index, level, current = size + offset, 0, value
-        created[(0, index)] = current
-        known[(0, index)] = current
-        while index & 1:
-            try:
-                left = known[(level, index - 1)]
-            except KeyError:
-                raise ProofError(f"frontier node ({level}, {index - 1}) is missing") from None
-            current = node_hash(left, current)
-            index >>= 1
-            level += 1
-            created[(level, index)] = current
-            known[(level, index)] = current
+    if not leaf_hashes:
+        return created
+    tree = CompactRange.from_frontier(size, frontier)
+    for value in leaf_hashes:
+        tree.append(value, created)
     return created
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from nexo.transparency.audit import CompactRange, _canonical
-from nexo.transparency.merkle import EMPTY_ROOT, MemoryTree
+from nexo.transparency.leaf import is_canonical
+from nexo.transparency.merkle import EMPTY_ROOT, CompactRange, MemoryTree
 
 
 def test_compact_range_roots_match_the_tree() -> None:
@@ -21,9 +21,9 @@ def test_compact_range_roots_match_the_tree() -> None:
 
 
 def test_canonical_leaves() -> None:
-    assert _canonical(b'{"a":1,"b":"\xc3\xa9"}')
-    assert _canonical(b'{"a":1,"b":"\\u00e9"}')
-    assert not _canonical(b'{"b":1,"a":2}')
-    assert not _canonical(b'{"a": 1}')
-    assert not _canonical(b"[1]")
-    assert not _canonical(b"\xff")
+    assert is_canonical(b'{"a":1,"b":"\xc3\xa9"}')
+    assert is_canonical(b'{"a":1,"b":"\\u00e9"}')
+    assert not is_canonical(b'{"b":1,"a":2}')
+    assert not is_canonical(b'{"a": 1}')
+    assert not is_canonical(b"[1]")
+    assert not is_canonical(b"\xff")
