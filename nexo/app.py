@@ -7,18 +7,16 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from types import ModuleType, SimpleNamespace
 from typing import Any
 
 from sanic import Request, Sanic
-from sanic.config import Config
 from sanic.response import BaseHTTPResponse
 
 from nexo import db, errors, filemodes, gcpolicy, health, logs, metrics, ratelimit, speedups
 from nexo.auth import endpoints as auth_endpoints
 from nexo.checkpoint import Checkpointer, WriterConnection
 from nexo.config import Settings
+from nexo.context import AppContext, NexoApp, app_context
 from nexo.devices import endpoints as devices_endpoints
 from nexo.devices import service as devices_service
 from nexo.messages import endpoints as messages_endpoints
@@ -27,21 +25,6 @@ from nexo.realtime.hub import on_commit
 from nexo.realtime.sessions import ENDED
 from nexo.transparency import endpoints as transparency_endpoints
 from nexo.web import endpoints as web_endpoints
-
-#: Feature modules in start order. Each has ``setup(app)``; some have
-#: ``async prepare(settings)`` run once before serving (``prepare_storage``).
-FEATURES: list[ModuleType] = [
-    health,
-    ratelimit,
-    auth_endpoints,
-    transparency_endpoints,
-    devices_endpoints,
-    messages_endpoints,
-    realtime_ws,
-    web_endpoints,
-]
-
-NexoApp = Sanic[Config, SimpleNamespace]
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -58,10 +41,8 @@ async def prepare_storage(settings: Settings) -> None:
     """
     filemodes.tighten(settings.data_dir, (settings.signing_key_path,))
     await db.init_db(settings, create_schema=True)
-    for feature in FEATURES:
-        prepare: Callable[[Settings], Awaitable[None]] | None = getattr(feature, "prepare", None)
-        if prepare is not None:
-            await prepare(settings)
+    await ratelimit.prepare(settings)
+    await transparency_endpoints.prepare(settings)
 
 
 def create_app(settings: Settings | None = None) -> NexoApp:
@@ -70,9 +51,8 @@ def create_app(settings: Settings | None = None) -> NexoApp:
         settings = Settings.from_env(dev=os.environ.get("NEXO_DEV") == "1")
     logs.configure(settings.log_level, settings.access_log)
     speedups.install()
-    app: NexoApp = Sanic("nexo", ctx=SimpleNamespace(), configure_logging=True, request_class=NexoRequest)
-    app.ctx.settings = settings
-    app.ctx.response_headers = dict(SECURITY_HEADERS)
+    ctx = AppContext(settings=settings, response_headers=dict(SECURITY_HEADERS))
+    app: NexoApp = Sanic("nexo", ctx=ctx, configure_logging=True, request_class=NexoRequest)
     if settings.tls:
         app.ctx.response_headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
@@ -96,7 +76,7 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     app.error_handler.add(Exception, errors.render)
 
     async def open_database(app: NexoApp) -> None:
-        settings: Settings = app.ctx.settings
+        settings = app.ctx.settings
         await db.init_db(settings, create_schema=False)
         app.ctx.checkpointer = None
         db.open_quick_reader(settings)
@@ -119,8 +99,16 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     app.register_listener(_flush_access_log, "after_server_stop", priority=-1001)
 
     app.blueprint(metrics.bp)
-    for feature in FEATURES:
-        feature.setup(app)
+    # Each setup registers its feature's start-up listener; they run in this order
+    # (each may use what the ones before it put in app.ctx: nexo/context.py).
+    health.setup(app)
+    ratelimit.setup(app)
+    auth_endpoints.setup(app)
+    transparency_endpoints.setup(app)
+    devices_endpoints.setup(app)
+    messages_endpoints.setup(app)
+    realtime_ws.setup(app)
+    web_endpoints.setup(app)
     # After every feature's own start-up listener (same priority, registered last).
     app.register_listener(_link_features, "before_server_start")
 
@@ -202,7 +190,7 @@ async def _finish_response(request: NexoRequest, response: BaseHTTPResponse) -> 
     headers["X-Request-ID"] = request_id
     if not request.path.startswith(_DOCS_PREFIX):  # the OpenAPI UI needs its scripts
         page_csp = headers.get("content-security-policy")  # web pages set their own (nexo.web.assets)
-        headers.update(request.app.ctx.response_headers)
+        headers.update(app_context(request).response_headers)
         if page_csp is not None:
             headers["content-security-policy"] = page_csp
     status = response.status

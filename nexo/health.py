@@ -25,10 +25,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sanic import Blueprint, Request, Sanic
+from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from nexo import __version__, counters
+from nexo.context import NexoApp, app_context
 from nexo.tasks import cancel_and_wait, repeat
 from nexo.timefmt import utc_iso
 
@@ -111,11 +112,11 @@ class HealthMonitor:
         return (200 if healthy else 503), body
 
 
-def setup(app: Sanic) -> None:
+def setup(app: NexoApp) -> None:
     app.blueprint(bp)
 
     @app.before_server_start
-    async def start_health(app: Sanic) -> None:
+    async def start_health(app: NexoApp) -> None:
         monitor = HealthMonitor(
             database=app.ctx.settings.database_kind, sth_max_age=app.ctx.settings.sth_max_age
         )
@@ -124,11 +125,11 @@ def setup(app: Sanic) -> None:
         app.ctx.health = monitor
 
     @app.before_server_stop
-    async def stop_health(app: Sanic) -> None:
+    async def stop_health(app: NexoApp) -> None:
         await app.ctx.health.stop()
 
 
 @bp.get("/health")
 async def health(request: Request) -> HTTPResponse:
-    status, body = request.app.ctx.health.report()
+    status, body = app_context(request).health.report()
     return json(body, status=status, headers={"Cache-Control": "no-store"})

@@ -28,6 +28,7 @@ from prometheus_client import (
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
+from nexo.context import app_context
 from nexo.errors import Unauthorized
 
 HTTP_REQUESTS = Counter("nexo_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
@@ -69,7 +70,7 @@ def observe(request: Request, status: int) -> None:
 
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
-    token = request.app.ctx.settings.metrics_token
+    token = app_context(request).settings.metrics_token
     if token:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):

@@ -34,10 +34,11 @@ from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
-from sanic import Request, Sanic
+from sanic import Request
 from sanic.response import BaseHTTPResponse
 
 from nexo.config import RateLimit, Settings
+from nexo.context import NexoApp, app_context
 from nexo.errors import TooManyRequests
 from nexo.metrics import route_label
 
@@ -355,12 +356,12 @@ def classify(request: Request, settings: Settings) -> tuple[Bucket, str, RateLim
 
 async def limit_request(request: Request) -> None:
     """Request middleware: spend one unit of the caller's budget or refuse with 429."""
-    settings: Settings = request.app.ctx.settings
+    settings: Settings = app_context(request).settings
     target = classify(request, settings)
     if target is None:
         return
     bucket, identity, rate = target
-    decision = await request.app.ctx.limiter.hit(bucket, identity, rate)
+    decision = await app_context(request).limiter.hit(bucket, identity, rate)
     headers = rate_limit_headers(bucket, rate, decision)
     request.ctx.rate_limit_headers = headers
     if not decision.allowed:
@@ -404,16 +405,16 @@ async def prepare(settings: Settings) -> None:
         await limiter.close()
 
 
-def setup(app: Sanic) -> None:
+def setup(app: NexoApp) -> None:
     """Install the limiter (``app.ctx.limiter``) and its middleware."""
 
     @app.before_server_start
-    async def open_limiter(app: Sanic) -> None:
+    async def open_limiter(app: NexoApp) -> None:
         settings: Settings = app.ctx.settings
         app.ctx.limiter = Limiter(settings.redis_url, settings.redis_prefix)
 
     @app.after_server_stop
-    async def close_limiter(app: Sanic) -> None:
+    async def close_limiter(app: NexoApp) -> None:
         await app.ctx.limiter.close()
 
     # After request-id assignment (priority 1000), before every feature's work.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from pydantic import BaseModel
-from sanic import Blueprint, Request, Sanic
+from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty, json
 from sanic_ext import openapi
 
@@ -15,6 +15,7 @@ from nexo.auth.passwords import Passwords
 from nexo.auth.pruning import prune_forever
 from nexo.auth.service import AuthService
 from nexo.auth.tokens import TokenService
+from nexo.context import NexoApp, app_context
 from nexo.ratelimit import client_address
 from nexo.tasks import cancel_and_wait
 from nexo.timefmt import utc_iso
@@ -58,17 +59,17 @@ def user_json(user: User) -> dict[str, object]:
 
 
 def service(request: Request) -> AuthService:
-    auth: AuthService = request.app.ctx.auth
+    auth: AuthService = app_context(request).auth
     return auth
 
 
-def setup(app: Sanic) -> None:
+def setup(app: NexoApp) -> None:
     app.blueprint(bp)
     settings = app.ctx.settings
     app.ctx.tokens = TokenService(settings)
 
     @app.before_server_start
-    async def start_auth(app: Sanic) -> None:
+    async def start_auth(app: NexoApp) -> None:
         passwords = Passwords(settings.argon2_memory_kib, settings.argon2_time_cost)
         app.ctx.auth = AuthService(settings, app.ctx.tokens, passwords)
         app.ctx.auth_pruner = (
@@ -78,7 +79,7 @@ def setup(app: Sanic) -> None:
         )
 
     @app.before_server_stop
-    async def stop_auth(app: Sanic) -> None:
+    async def stop_auth(app: NexoApp) -> None:
         await cancel_and_wait(app.ctx.auth_pruner)
 
 

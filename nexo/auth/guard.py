@@ -16,6 +16,7 @@ from sanic import Request, Sanic
 
 from nexo.auth import repository
 from nexo.auth.tokens import AccessClaims, InvalidToken, TokenService
+from nexo.context import app_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ async def principal_for_token(
     Raises :class:`InvalidToken`.
     """
     if claims is None:
-        service: TokenService = tokens or Sanic.get_app().ctx.tokens
+        service: TokenService = tokens or app_context(Sanic.get_app()).tokens
         claims = service.verify_access(token)
     username = await repository.live_session_username(claims.session_id, claims.user_id)
     if username is None:
@@ -60,7 +61,7 @@ async def authenticate(request: Request) -> Principal:
         token = bearer_token(request.headers.get("authorization"))
         # The rate limiter verified this same header already when it was valid.
         verified: AccessClaims | None = getattr(request.ctx, "access_claims", None)
-        principal = await principal_for_token(token, request.app.ctx.tokens, verified)
+        principal = await principal_for_token(token, app_context(request).tokens, verified)
         request.ctx.principal = principal
     return principal
 

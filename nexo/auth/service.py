@@ -109,7 +109,7 @@ class AuthService:
         #: refresh-token reuse) or ``(user_id, None)`` after all of a user's end (logout
         #: everywhere, account deletion); ``user_id`` is None when unknown. The realtime hub
         #: closes this process's connections of it (other processes poll, nexo/realtime/sessions.py).
-        self.session_listeners: list[Callable[[int | None, str | None], None]] = []
+        self.session_listeners: list[Callable[[int | None, str | None], object]] = []
         #: Run by ``DELETE /api/me`` before the user row goes (wired in ``create_app``).
         self.deleting_hooks: list[AccountHook] = []
         #: Run by ``DELETE /api/me`` once the deletion is committed (wired in ``create_app``).

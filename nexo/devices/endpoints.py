@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
-from sanic import Blueprint, Request, Sanic
+from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 
 from nexo.auth.guard import authenticated
+from nexo.context import NexoApp, app_context
 from nexo.devices import service
 from nexo.transparency.endpoints import STHModel
 from nexo.validation import Body, parse_body, path_parameter
@@ -64,7 +65,7 @@ class PublicDeviceList(BaseModel):
     devices: list[PublicDevice]
 
 
-def setup(app: Sanic) -> None:
+def setup(app: NexoApp) -> None:
     app.blueprint(bp)
 
 
@@ -82,7 +83,7 @@ async def register_device(request: Request) -> HTTPResponse:
     body = parse_body(request, DeviceBody)
     principal = request.ctx.principal
     change = await service.register(
-        request.app.ctx.sequencer,
+        app_context(request).sequencer,
         principal.user_id,
         principal.username,
         body.name,
@@ -110,7 +111,7 @@ async def my_devices(request: Request) -> HTTPResponse:
 async def revoke_device(request: Request, device_id: str) -> HTTPResponse:
     principal = request.ctx.principal
     change = await service.revoke(
-        request.app.ctx.sequencer,
+        app_context(request).sequencer,
         principal.user_id,
         principal.username,
         service.parse_device_id(device_id),

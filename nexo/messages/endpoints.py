@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sanic import Blueprint, Request, Sanic
+from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 
 from nexo.auth.guard import authenticated
+from nexo.context import NexoApp, app_context
 from nexo.errors import NotFound, ValidationFailed
 from nexo.messages import service
 from nexo.messages.service import MessageWriter, RecipientCache, UnknownRecipient
@@ -52,18 +53,18 @@ class MessageList(BaseModel):
     messages: list[MessageOut]
 
 
-def setup(app: Sanic) -> None:
+def setup(app: NexoApp) -> None:
     app.blueprint(bp)
 
     @app.before_server_start
-    async def start_writer(app: Sanic) -> None:
+    async def start_writer(app: NexoApp) -> None:
         writer = MessageWriter()
         writer.start()
         app.ctx.message_writer = writer
         app.ctx.recipients = RecipientCache()
 
     @app.after_server_stop
-    async def stop_writer(app: Sanic) -> None:
+    async def stop_writer(app: NexoApp) -> None:
         await app.ctx.message_writer.close()
 
 
@@ -89,12 +90,12 @@ async def send_message(request: Request) -> HTTPResponse:
     data = parse_body(request, SendBody)
     principal = request.ctx.principal
     message_id = _message_id(data.message_id)
-    service.check_body(data.body, request.app.ctx.settings.message_body_max_bytes)
-    recipients: RecipientCache = request.app.ctx.recipients
+    service.check_body(data.body, app_context(request).settings.message_body_max_bytes)
+    recipients: RecipientCache = app_context(request).recipients
     recipient_id = await recipients.user_id(data.to)
     if recipient_id is None:
         raise UnknownRecipient()
-    writer: MessageWriter = request.app.ctx.message_writer
+    writer: MessageWriter = app_context(request).message_writer
     result = await writer.send(
         service.new_message(message_id, principal.user_id, recipient_id, data.body, principal.session_id),
         principal.username,

@@ -23,15 +23,16 @@ from collections import Counter
 from typing import Any
 
 from prometheus_client import Counter as MetricCounter
-from sanic import Blueprint, Request, Sanic
+from sanic import Blueprint, Request
 from websockets.exceptions import ConnectionClosed
 
 from nexo.auth import service as accounts
 from nexo.auth.guard import Principal, bearer_token, principal_for_token
 from nexo.config import Settings
+from nexo.context import AppContext, NexoApp, app_context
 from nexo.errors import NexoError, TooManyRequests
 from nexo.messages import service
-from nexo.messages.service import MessageWriter, Outcome, RecipientCache, SendResult
+from nexo.messages.service import Outcome, SendResult
 from nexo.ratelimit import Bucket, client_address
 from nexo.realtime.broker import LocalBroker, make_broker
 from nexo.realtime.hub import CLOSES, UNAUTHORIZED_CLOSES, Connection, Hub
@@ -98,11 +99,11 @@ async def admit_upgrade(request: Request) -> None:
     The cursor is the newest seq, read from the database only for a genuine access token
     (signature and expiry checked, no I/O); anything else costs no query and starts from
     the newest seq this process knows (exact with one process)."""
-    app = request.app
-    settings: Settings = app.ctx.settings
+    ctx = app_context(request)
+    settings = ctx.settings
     if (
         "authorization" not in request.headers
-        and app.ctx.ws_pending[client_address(request)] >= settings.ws_max_pending_per_address
+        and ctx.ws_pending[client_address(request)] >= settings.ws_max_pending_per_address
     ):
         PENDING_REFUSED.inc()
         raise TooManyRequests(
@@ -110,22 +111,22 @@ async def admit_upgrade(request: Request) -> None:
             "are waiting to authenticate",
             retry_after=settings.ws_auth_timeout,
         )
-    request.ctx.push_from = app.ctx.hub.seq_hint
+    request.ctx.push_from = ctx.hub.seq_hint
     header = request.headers.get("authorization")
     if header is not None:
         try:
-            app.ctx.tokens.verify_access(bearer_token(header))
+            ctx.tokens.verify_access(bearer_token(header))
         except Exception:  # closed with 4401 after the handshake
             return
         request.ctx.push_from = await service.max_seq()
 
 
-def setup(app: Sanic) -> None:
+def setup(app: NexoApp) -> None:
     app.blueprint(bp)
 
     @app.before_server_start
-    async def start_realtime(app: Sanic) -> None:
-        settings: Settings = app.ctx.settings
+    async def start_realtime(app: NexoApp) -> None:
+        settings = app.ctx.settings
         broker = make_broker(settings)
         # Another process may store messages for our users only when a broker links us.
         hub = Hub(settings.ws_push_sweep_seconds if broker.kind != "local" else None)
@@ -144,8 +145,8 @@ def setup(app: Sanic) -> None:
             app.ctx.broker = LocalBroker()
 
     @app.before_server_stop
-    async def stop_realtime(app: Sanic) -> None:
-        hub: Hub = app.ctx.hub
+    async def stop_realtime(app: NexoApp) -> None:
+        hub = app.ctx.hub
         hub.closing = True
         # In-flight batches commit and their acks are queued, then every socket
         # flushes its outbox and closes with 1001.
@@ -153,20 +154,19 @@ def setup(app: Sanic) -> None:
         await app.ctx.session_watch.stop()
         await hub.close_all(CloseCode.GOING_AWAY, "server is shutting down")
         await hub.stop()
-        broker: LocalBroker = app.ctx.broker
-        await broker.close()
+        await app.ctx.broker.close()
 
 
 @bp.websocket("/ws")
 async def websocket(request: Request, ws: Any) -> None:
-    app = request.app
+    ctx = app_context(request)
     request_id = getattr(request, "request_id", None) or uuid.uuid4().hex  # NexoRequest.request_id
     conn: Connection | None = None
-    hub: Hub = app.ctx.hub
-    settings: Settings = app.ctx.settings
+    hub = ctx.hub
+    settings = ctx.settings
     rate = settings.ws_frame_rate
     inbox = Inbox(ws, rate.amount / rate.window_seconds, rate.amount)
-    pending: Counter[str] = app.ctx.ws_pending
+    pending = ctx.ws_pending
     # Only upgrades that wait for an auth frame hold a socket unauthenticated for long.
     address = client_address(request) if "authorization" not in request.headers else None
     try:
@@ -199,14 +199,14 @@ async def websocket(request: Request, ws: Any) -> None:
             principal.username,
             principal.session_id,
             request_id,
-            app.ctx.settings.ws_write_timeout,
-            app.ctx.settings.ws_outbox_bytes,
+            settings.ws_write_timeout,
+            settings.ws_outbox_bytes,
         )
         conn.start()
         # Also pushes what was committed between the handshake and now.
         await hub.add(conn, request.ctx.push_from)
         _arm_expiry(conn, principal.expires_at)
-        await Session(app, conn, inbox).run()
+        await Session(ctx, conn, inbox).run()
     except (ConnectionClosed, asyncio.CancelledError):
         pass
     except Exception:
@@ -222,7 +222,7 @@ async def websocket(request: Request, ws: Any) -> None:
 
 async def _authenticate(request: Request, inbox: Inbox) -> Principal:
     header = request.headers.get("authorization")
-    settings: Settings = request.app.ctx.settings
+    settings: Settings = app_context(request).settings
     if header is not None:
         token = _token_or_reason(header)
     else:
@@ -273,15 +273,14 @@ def _arm_expiry(conn: Connection, expires_at: int) -> None:
 class Session:
     """The reader loop of one authenticated connection."""
 
-    def __init__(self, app: Sanic, conn: Connection, inbox: Inbox) -> None:
-        self.app = app
+    def __init__(self, ctx: AppContext, conn: Connection, inbox: Inbox) -> None:
         self.inbox = inbox
         self.conn = conn
-        self.settings: Settings = app.ctx.settings
-        self.writer: MessageWriter = app.ctx.message_writer
-        self.recipients: RecipientCache = app.ctx.recipients
-        self.hub: Hub = app.ctx.hub
-        self.limiter = app.ctx.limiter
+        self.settings = ctx.settings
+        self.writer = ctx.message_writer
+        self.recipients = ctx.recipients
+        self.hub = ctx.hub
+        self.limiter = ctx.limiter
         self.identity = f"user:{conn.user_id}"
         inbox.handler = self.send_now
 

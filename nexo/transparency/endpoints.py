@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sanic import Blueprint, Request, Sanic
+from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, text
 from sanic_ext import openapi
 
 from nexo.config import ConfigError, Settings
+from nexo.context import NexoApp, app_context
 from nexo.errors import BadRequest
 from nexo.transparency import repository, service, tlog_endpoints
 from nexo.transparency import sth as sth_mod
@@ -106,12 +107,12 @@ async def prepare(settings: Settings) -> None:
     await ensure_genesis(settings.log_origin, key)
 
 
-def setup(app: Sanic) -> None:
+def setup(app: NexoApp) -> None:
     app.blueprint(bp)
     app.blueprint(tlog_endpoints.bp)
 
     @app.before_server_start
-    async def start_sequencer(app: Sanic) -> None:
+    async def start_sequencer(app: NexoApp) -> None:
         settings: Settings = app.ctx.settings
         key = load_signing_key(settings, await repository.latest_sth())
         app.ctx.log_public_key = sth_mod.public_key_bytes(key)
@@ -125,7 +126,7 @@ def setup(app: Sanic) -> None:
             app.ctx.witness_submitter.start()
 
     @app.before_server_stop
-    async def stop_sequencer(app: Sanic) -> None:
+    async def stop_sequencer(app: NexoApp) -> None:
         submitter = getattr(app.ctx, "witness_submitter", None)
         if submitter is not None:
             await submitter.stop()
@@ -195,8 +196,8 @@ async def proof_consistency(request: Request) -> HTTPResponse:
 @openapi.summary("The log's origin and Ed25519 public key")
 @openapi.response(200, {"application/json": LogKey})
 async def log_key(request: Request) -> HTTPResponse:
-    settings: Settings = request.app.ctx.settings
-    return json(service.key_info(settings.log_origin, request.app.ctx.log_public_key))
+    settings: Settings = app_context(request).settings
+    return json(service.key_info(settings.log_origin, app_context(request).log_public_key))
 
 
 class WitnessInfo(BaseModel):
@@ -214,7 +215,7 @@ class WitnessList(BaseModel):
 @openapi.summary("The witnesses that cosign this log's checkpoints, and the quorum (NEXO_WITNESSES)")
 @openapi.response(200, {"application/json": WitnessList})
 async def log_witnesses(request: Request) -> HTTPResponse:
-    settings: Settings = request.app.ctx.settings
+    settings: Settings = app_context(request).settings
     return json(service.witness_info(settings.witnesses, settings.witness_quorum))
 
 
@@ -222,8 +223,8 @@ async def log_witnesses(request: Request) -> HTTPResponse:
 @openapi.summary("The latest STH as a C2SP signed note")
 @openapi.response(200, {"text/plain": str})
 async def log_checkpoint(request: Request) -> HTTPResponse:
-    settings: Settings = request.app.ctx.settings
+    settings: Settings = app_context(request).settings
     note, headers = await service.served_checkpoint(
-        request.app.ctx.log_public_key, settings.witnesses, settings.witness_quorum
+        app_context(request).log_public_key, settings.witnesses, settings.witness_quorum
     )
     return text(note, headers={**NO_CACHE, **headers}, content_type="text/plain; charset=utf-8")

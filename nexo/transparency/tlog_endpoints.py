@@ -12,6 +12,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw, text
 from sanic_ext import openapi
 
+from nexo.context import app_context
 from nexo.errors import NotFound
 from nexo.transparency import service, tiles, tiles_service
 
@@ -26,9 +27,9 @@ OCTETS = "application/octet-stream"
 @openapi.summary("The checkpoint (C2SP signed note) of the tlog-tiles API")
 @openapi.response(200, {"text/plain": str})
 async def tlog_checkpoint(request: Request) -> HTTPResponse:
-    settings = request.app.ctx.settings
+    settings = app_context(request).settings
     note, headers = await service.served_checkpoint(
-        request.app.ctx.log_public_key, settings.witnesses, settings.witness_quorum
+        app_context(request).log_public_key, settings.witnesses, settings.witness_quorum
     )
     return text(note, headers={**CHECKPOINT_CACHE, **headers}, content_type="text/plain; charset=utf-8")
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hmac
 import time
 
-from sanic import Blueprint, Request, Sanic
+from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from nexo import health
 from nexo.config import Settings
+from nexo.context import NexoApp, app_context
 from nexo.errors import NotFound, Unauthorized
 from nexo.web import assets, checklist
 from nexo.web.sampler import Sampler
@@ -21,12 +22,12 @@ from nexo.web.sampler import Sampler
 bp = Blueprint("web")
 
 
-def setup(app: Sanic) -> None:
+def setup(app: NexoApp) -> None:
     app.ctx.assets = assets.load()
     app.blueprint(bp)
 
     @app.before_server_start
-    async def start_sampler(app: Sanic) -> None:
+    async def start_sampler(app: NexoApp) -> None:
         app.ctx.console = None
         if app.ctx.settings.console_token:
             app.ctx.console = Sampler()
@@ -34,23 +35,23 @@ def setup(app: Sanic) -> None:
             app.ctx.console.start()
 
     @app.before_server_stop
-    async def stop_sampler(app: Sanic) -> None:
+    async def stop_sampler(app: NexoApp) -> None:
         if app.ctx.console is not None:
             await app.ctx.console.stop()
 
 
 @bp.get("/")
 async def chat_page(request: Request) -> HTTPResponse:
-    return assets.respond(request, request.app.ctx.assets, "index.html")
+    return assets.respond(request, app_context(request).assets, "index.html")
 
 
 @bp.get("/static/<name:path>")
 async def static_file(request: Request, name: str) -> HTTPResponse:
-    return assets.respond(request, request.app.ctx.assets, name)
+    return assets.respond(request, app_context(request).assets, name)
 
 
 def _console(request: Request) -> Sampler:
-    sampler: Sampler | None = request.app.ctx.console
+    sampler: Sampler | None = app_context(request).console
     if sampler is None:
         raise NotFound("the console is off: set NEXO_CONSOLE_TOKEN to turn it on")
     return sampler
@@ -59,14 +60,14 @@ def _console(request: Request) -> Sampler:
 @bp.get("/console")
 async def console_page(request: Request) -> HTTPResponse:
     _console(request)
-    return assets.respond(request, request.app.ctx.assets, "console.html")
+    return assets.respond(request, app_context(request).assets, "console.html")
 
 
 @bp.get("/api/console/status")
 async def console_status(request: Request) -> HTTPResponse:
     """The checklist, the plot's points after ``since`` (unix seconds) and the latest registrations."""
     sampler = _console(request)
-    settings: Settings = request.app.ctx.settings
+    settings: Settings = app_context(request).settings
     given = request.headers.get("authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {settings.console_token}".encode()):
         raise Unauthorized("the console requires its bearer token (NEXO_CONSOLE_TOKEN)")
