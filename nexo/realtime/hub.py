@@ -33,7 +33,7 @@ from websockets.protocol import State
 
 from nexo.messages import service as messages
 from nexo.messages.service import CommitListener, Delivery, Gate, StoredMessage
-from nexo.realtime.protocol import CloseCode, ServerFrame, dumps, text_frame
+from nexo.realtime.protocol import CloseCode, message_frame, text_frame
 from nexo.tasks import cancel_and_wait, repeat
 
 log = logging.getLogger("nexo.realtime")
@@ -174,19 +174,7 @@ class Connection:
         if len(self._recent_order) > RECENT_PUSHES:
             self._recent.discard(self._recent_order.popleft())
         PUSHED.inc()
-        self.post(
-            dumps(
-                {
-                    "type": ServerFrame.MESSAGE.value,
-                    "message_id": message.message_id,
-                    "from": message.sender,
-                    "to": message.recipient,
-                    "body": message.body,
-                    "seq": seq,
-                    "server_ts": message.server_ts,
-                }
-            )
-        )
+        self.post(message_frame(message))
 
     def close_unauthorized(self, reason: str) -> None:
         """Close with 4401 (the token expired, the session ended) from synchronous code."""

@@ -12,7 +12,13 @@ import json
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple
 
-from nexo.messages.service import MESSAGE_ID_FORMAT, canonical_message_id
+from nexo.messages.service import (
+    MESSAGE_ID_FORMAT,
+    Delivery,
+    StoredMessage,
+    canonical_message_id,
+    message_json,
+)
 from nexo.text import body_problem, echoable, has_lone_surrogate, may_hold_escapes
 from nexo.validation import INT64_MAX
 
@@ -195,8 +201,41 @@ def dumps(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
+def message_frame(message: StoredMessage | Delivery) -> str:
+    """A ``message`` frame: a push, or one row of a ``sync`` replay (the message's wire
+    form, the one HTTP's history also returns, after ``type``)."""
+    return dumps({"type": ServerFrame.MESSAGE.value, **message_json(message)})
+
+
+#: An ``ack`` frame; ``message_id`` is a validated UUID, so no escaping is needed.
+_ACK = '{"type":"ack","message_id":"%s","seq":%d,"server_ts":%d,"duplicate":%s}'
+
+
+def ack_frame(message_id: str, seq: int, server_ts: int, duplicate: bool) -> str:
+    """An ``ack`` frame: the send with ``message_id`` (a canonical UUID) is stored."""
+    return _ACK % (message_id, seq, server_ts, "true" if duplicate else "false")
+
+
+def synced_frame(upto: int) -> str:
+    """The ``synced`` frame ending a ``sync`` replay."""
+    return dumps({"type": ServerFrame.SYNCED.value, "upto": upto})
+
+
 def error_frame(code: WsError | str, message: str, message_id: str | None = None) -> str:
     frame: dict[str, Any] = {"type": ServerFrame.ERROR.value, "code": str(code), "message": message}
     if message_id is not None:
         frame["message_id"] = message_id
     return dumps(frame)
+
+
+def rate_limited_frame(rate: object, message_id: str, retry_after: float) -> str:
+    """The ``rate_limited`` error frame of a refused ``send``, with its ``retry_after``."""
+    return dumps(
+        {
+            "type": ServerFrame.ERROR.value,
+            "code": WsError.RATE_LIMITED.value,
+            "message": f"send rate limit of {rate} exceeded; retry after retry_after seconds",
+            "message_id": message_id,
+            "retry_after": round(retry_after, 3),
+        }
+    )

@@ -43,12 +43,14 @@ from nexo.realtime.protocol import (
     Delivered,
     FrameError,
     Send,
-    ServerFrame,
     Sync,
     WsError,
-    dumps,
+    ack_frame,
     error_frame,
+    message_frame,
     parse_frame,
+    rate_limited_frame,
+    synced_frame,
 )
 from nexo.realtime.sessions import SessionWatch
 
@@ -345,7 +347,7 @@ class Session:
                     decision = await self.limiter.hit(Bucket.WS_SEND, self.identity, rate)
                 if not decision.allowed:
                     for refused in sends[index:]:
-                        conn.post(_rate_limited(rate, refused.message_id, decision.retry_after))
+                        conn.post(rate_limited_frame(rate, refused.message_id, decision.retry_after))
                     break
                 admitted.append(frame)
         for frame in admitted:
@@ -388,7 +390,7 @@ class Session:
         if decision.allowed:
             self._submit(frame, recipient_id)
         else:
-            self.conn.post(_rate_limited(rate, frame.message_id, decision.retry_after))
+            self.conn.post(rate_limited_frame(rate, frame.message_id, decision.retry_after))
         return True
 
     def _submit(self, frame: Send, recipient_id: int) -> None:
@@ -410,7 +412,7 @@ class Session:
             rows = await service.history(conn.user_id, upto, SYNC_PAGE)
             replayed = 0
             for row in rows:
-                text = dumps({"type": ServerFrame.MESSAGE.value, **service.message_json(row)})
+                text = message_frame(row)
                 replayed += len(text)
                 conn.post(text)
                 if conn.outbox_bytes > half:
@@ -427,7 +429,7 @@ class Session:
                 await asyncio.sleep(pause)
             if conn.ended:
                 return
-        conn.post(dumps({"type": ServerFrame.SYNCED.value, "upto": upto}))
+        conn.post(synced_frame(upto))
         if pause:  # this connection's next frame waits until the replay is paid for
             await asyncio.sleep(pause)
 
@@ -454,27 +456,8 @@ class Session:
         return True
 
 
-def _rate_limited(rate: object, message_id: str, retry_after: float) -> str:
-    return dumps(
-        {
-            "type": ServerFrame.ERROR.value,
-            "code": WsError.RATE_LIMITED.value,
-            "message": f"send rate limit of {rate} exceeded; retry after retry_after seconds",
-            "message_id": message_id,
-            "retry_after": round(retry_after, 3),
-        }
-    )
-
-
-#: An ``ack`` frame; ``message_id`` is a validated UUID, so no escaping is needed.
-_ACK = '{"type":"ack","message_id":"%s","seq":%d,"server_ts":%d,"duplicate":%s}'
-
-
 def _answer(conn: Connection, message_id: str, outcome: Outcome) -> None:
     if isinstance(outcome, SendResult):
-        conn.post(
-            _ACK
-            % (outcome.message_id, outcome.seq, outcome.server_ts, "true" if outcome.duplicate else "false")
-        )
+        conn.post(ack_frame(outcome.message_id, outcome.seq, outcome.server_ts, outcome.duplicate))
     else:
         conn.post(error_frame(outcome.code, outcome.message, message_id))

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from nexo.messages.service import Delivery
 from nexo.realtime.broker import MAX_PAYLOAD, decode, encode
 from nexo.realtime.protocol import (
     Auth,
@@ -16,8 +17,12 @@ from nexo.realtime.protocol import (
     Send,
     Sync,
     WsError,
+    ack_frame,
     error_frame,
+    message_frame,
     parse_frame,
+    rate_limited_frame,
+    synced_frame,
 )
 
 LIMIT = 64 * 1024
@@ -129,3 +134,26 @@ def test_an_unprintable_message_id_is_not_echoed() -> None:
     with pytest.raises(FrameError) as caught:
         parse_frame('{"type":"send","message_id":"a\\nb","to":"bob","body":"x"}', LIMIT)
     assert caught.value.code == WsError.INVALID_MESSAGE_ID and caught.value.message_id is None
+
+
+def test_server_frames_are_compact_json_in_a_fixed_field_order() -> None:
+    row = Delivery(7, MID, 1, 2, "alice", "bob", 'hé "x"', 1700000000123)
+    assert message_frame(row) == (
+        f'{{"type":"message","message_id":"{MID}","from":"alice","to":"bob",'
+        '"body":"hé \\"x\\"","seq":7,"server_ts":1700000000123}'
+    )
+    assert ack_frame(MID, 7, 1700000000123, False) == (
+        f'{{"type":"ack","message_id":"{MID}","seq":7,"server_ts":1700000000123,"duplicate":false}}'
+    )
+    assert json.loads(ack_frame(MID, 8, 1, True)) == {
+        "type": "ack",
+        "message_id": MID,
+        "seq": 8,
+        "server_ts": 1,
+        "duplicate": True,
+    }
+    assert synced_frame(42) == '{"type":"synced","upto":42}'
+    assert rate_limited_frame("30/second", MID, 0.12345) == (
+        '{"type":"error","code":"rate_limited","message":"send rate limit of 30/second exceeded; '
+        f'retry after retry_after seconds","message_id":"{MID}","retry_after":0.123}}'
+    )
