@@ -22,18 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
-from websockets.protocol import State
 
 from nexo.messages import service as messages
 from nexo.messages.service import CommitListener, Delivery, Gate, StoredMessage
-from nexo.realtime.protocol import CloseCode, message_frame, text_frame
+from nexo.realtime.protocol import CloseCode, message_frame
+from nexo.realtime.transport import WebSocketTransport
 from nexo.tasks import cancel_and_wait, repeat
 
 log = logging.getLogger("nexo.realtime")
@@ -86,7 +83,7 @@ class Connection:
 
     def __init__(
         self,
-        ws: Any,
+        transport: WebSocketTransport,
         user_id: int,
         username: str,
         session_id: str,
@@ -94,7 +91,7 @@ class Connection:
         write_timeout: float = 30.0,
         outbox_limit: int = OUTBOX_BYTES,
     ) -> None:
-        self.ws = ws
+        self.transport = transport
         self.user_id = user_id
         self.username = username
         #: The session of the token it authenticated with (changes with in-band renewal).
@@ -218,26 +215,24 @@ class Connection:
             await asyncio.wait_for(self.flush(), timeout / 2)
         self.closing = True
         CLOSES.labels(str(int(code))).inc()
-        ws = self.ws
+        transport = self.transport
         reason = reason.encode()[:120].decode(errors="ignore")
         try:
-            await asyncio.wait_for(ws.close(int(code), reason), max(0.0, deadline - loop.time()))
+            await asyncio.wait_for(transport.close(code, reason), max(0.0, deadline - loop.time()))
         except TimeoutError:
             # The send lock is held by a write the client never reads: skip it.
             with contextlib.suppress(Exception):
-                ws.end_connection(int(code), reason)
+                transport.end_connection(code, reason)
         except Exception as exc:  # the socket is already gone
             log.debug("closing a WebSocket (request %s): %r", self.request_id, exc)
         # Sanic's close only sends the frame. Wait for the client's reply, so the TCP
         # close does not race frames still in flight (an RST would lose the close frame
         # and the client would see 1006 instead of the code).
-        waiter = getattr(ws, "wait_for_connection_lost", None)
         lost = False
-        if waiter is not None:
-            with contextlib.suppress(Exception):
-                lost = await waiter(max(0.0, deadline - loop.time()))
+        with contextlib.suppress(Exception):
+            lost = await transport.wait_closed(max(0.0, deadline - loop.time()))
         if not lost:
-            abort(ws)
+            transport.abort()
 
     def too_slow(self) -> None:
         """It left written data unread for ``write_timeout`` seconds: drop it."""
@@ -291,76 +286,21 @@ class Connection:
             self._wake.set()
 
     def _write_now(self, frames: list[str]) -> bool:
-        """Sanic's send without a task switch, when the socket is writable and idle.
-
-        Safe because no ``await`` separates the checks from the write: no other
-        task can take the connection's mutex in between.
-        """
-        ws = self.ws
-        proto = getattr(ws, "ws_proto", None)
-        mutex = getattr(ws, "conn_mutex", None)
-        io = getattr(ws, "io_proto", None)
-        can_write = getattr(io, "_can_write", None)
-        transport = getattr(io, "transport", None)
-        if (
-            proto is None
-            or mutex is None
-            or mutex.locked()
-            or can_write is None
-            or not can_write.is_set()
-            or transport is None
-            or transport.is_closing()
-            or proto.state is not State.OPEN
-        ):
+        """Write at once, without a task switch, when the socket is writable and idle."""
+        unsent = self.transport.write_now(frames)
+        if unsent is None:
             return False
-        transport.write(_encode(proto, frames))
-        unsent = transport.get_write_buffer_size()
         if unsent:  # the kernel did not take it all: is it read?
             if unsent > self.outbox_limit:  # what the transport holds counts against the outbox
                 self._overflow()
             else:
-                _STALLS.watch(self, transport)
+                _STALLS.watch(self)
         return True
 
     async def _write(self, frames: list[str]) -> None:
-        ws = self.ws
-        proto = getattr(ws, "ws_proto", None)
-        mutex = getattr(ws, "conn_mutex", None)
-        if proto is None or mutex is None:  # not Sanic's implementation: one frame at a time
-            for frame in frames:
-                await ws.send(frame)
-            return
-        transport = getattr(getattr(ws, "io_proto", None), "transport", None)
-        if transport is not None:  # the write below may wait on a client that does not read
-            _STALLS.watch(self, transport)
-        # Sanic's WebsocketImplProtocol.send, for many frames under one lock and one write.
-        async with mutex:
-            if proto.state is not State.OPEN:
-                raise ConnectionError("websocket is not open")
-            data = _encode(proto, frames)
-            if data:  # an empty chunk would mean EOF to Sanic
-                await ws.send_data([data])
-
-
-def _encode(proto: Any, frames: list[str]) -> bytes:
-    """The wire bytes of ``frames``: framed here, or by websockets if an extension is on."""
-    if proto.extensions:  # none are negotiated today; if ever, websockets applies them
-        for frame in frames:
-            proto.send_text(frame.encode())
-        return b"".join(proto.data_to_send())
-    return b"".join([text_frame(frame.encode()) for frame in frames])
-
-
-def abort(ws: Any) -> None:
-    """Drop the TCP connection now: RST (no lingering unsent data), buffers freed."""
-    transport = getattr(getattr(ws, "io_proto", None), "transport", None)
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(Exception):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
+        if self.transport.has_socket:  # the write below may wait on a client that does not read
+            _STALLS.watch(self)
+        await self.transport.send_frames(frames)
 
 
 class _Flusher:
@@ -397,15 +337,15 @@ class _Stalls:
     """
 
     def __init__(self) -> None:
-        #: connection -> (transport, monotonic time of the last progress, unsent bytes then)
-        self._watched: dict[Connection, tuple[Any, float, int]] = {}
+        #: connection -> (monotonic time of the last progress, unsent bytes then)
+        self._watched: dict[Connection, tuple[float, int]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def watch(self, conn: Connection, transport: Any) -> None:
+    def watch(self, conn: Connection) -> None:
         if conn in self._watched:
             return
         loop = asyncio.get_running_loop()
-        self._watched[conn] = (transport, loop.time(), transport.get_write_buffer_size())
+        self._watched[conn] = (loop.time(), conn.transport.write_buffer_size())
         if self._timer is None:
             self._timer = loop.call_later(STALL_CHECK_SECONDS, self._check)
 
@@ -413,12 +353,13 @@ class _Stalls:
         self._timer = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for conn, (transport, since, unsent) in list(self._watched.items()):
-            size = 0 if transport.is_closing() else transport.get_write_buffer_size()
+        for conn, (since, unsent) in list(self._watched.items()):
+            transport = conn.transport
+            size = 0 if transport.socket_closing else transport.write_buffer_size()
             if conn.closing or (size == 0 and conn._flushed.is_set()):
                 del self._watched[conn]
             elif size < unsent:  # it reads: progress
-                self._watched[conn] = (transport, now, size)
+                self._watched[conn] = (now, size)
             elif now - since >= conn.write_timeout:
                 del self._watched[conn]
                 conn.too_slow()

@@ -3,7 +3,7 @@
 Sanic's ``recv()`` hands each message over with a new task, two locks and
 two events; at tens of thousands of frames a second that is most of the
 server's time. :class:`Inbox` takes the parsed frames straight from the
-protocol (it replaces the connection's ``process_events``), queues complete
+protocol (through ``transport.WebSocketTransport.intercept``), queues complete
 text/binary messages, answers pongs as Sanic does, and pauses reading from
 the socket while too many messages wait, so a flooding client is slowed by
 TCP instead of filling memory. The reader loop is still the only consumer.
@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from websockets.exceptions import ConnectionClosedOK
 from websockets.frames import Frame, Opcode
+
+from nexo.realtime.transport import Event, WebSocketTransport
 
 #: Pause reading the socket above this many queued messages, or this many queued bytes;
 #: resume below half of both.
@@ -33,8 +34,10 @@ HIGH_WATER_BYTES = 256 * 1024
 class Inbox:
     """Complete messages (``str`` for text, ``bytes`` for binary) in arrival order."""
 
-    def __init__(self, ws: Any, frame_rate: float = 200.0, frame_burst: float = 12000.0) -> None:
-        self.ws = ws
+    def __init__(
+        self, transport: WebSocketTransport, frame_rate: float = 200.0, frame_burst: float = 12000.0
+    ) -> None:
+        self.transport = transport
         # The frame budget: a token bucket refilled lazily, only when it runs out.
         self._loop = asyncio.get_running_loop()
         self._rate = frame_rate
@@ -53,21 +56,11 @@ class Inbox:
         self._waiting = False
         #: Called with a message when nothing is ahead of it; True means it was handled.
         self.handler: Callable[[str | bytes], bool] | None = None
-        ws.process_events = self._process_events
-        ws.data_received = self._data_received
-        self._adopt_early_message()
-
-    def _adopt_early_message(self) -> None:
-        """A message that reached Sanic's assembler before this inbox existed."""
-        assembler = getattr(self.ws, "assembler", None)
-        if assembler is None or not assembler.message_complete.is_set():
-            return
-        joiner: Any = b"" if assembler.decoder is None else ""
-        self._items.append(joiner.join(assembler.chunks))
-        assembler.chunks = []
-        assembler.message_complete.clear()
-        assembler.message_fetched.set()
-        self._ready.set()
+        transport.intercept(self._data_received, self._process_events)
+        early = transport.take_early_message()  # it reached Sanic before this inbox existed
+        if early is not None:
+            self._items.append(early)
+            self._ready.set()
 
     def _data_received(self, data: bytes) -> None:
         """Sanic's ``data_received`` without a task per read when there is only data.
@@ -76,20 +69,16 @@ class Inbox:
         protocol must send — pong, close reply — or a pong to match) goes the
         usual asynchronous way.
         """
-        ws = self.ws
-        proto = ws.ws_proto
-        proto.receive_data(data)
-        to_send = proto.data_to_send()
-        events = proto.events_received()
+        to_send, events = self.transport.parse(data)
         rest = self._take_data(events) if events else []
         if to_send or rest:
-            task = asyncio.get_running_loop().create_task(ws.async_data_received(to_send, rest))
+            task = asyncio.get_running_loop().create_task(self.transport.answer(to_send, rest))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take_data(self, events: Sequence[Any]) -> list[Any]:
+    def _take_data(self, events: Sequence[Event]) -> list[Event]:
         """Queue the data frames of ``events``; return the others (pongs, close)."""
-        rest = []
+        rest: list[Event] = []
         for event in events:
             if not isinstance(event, Frame):
                 continue
@@ -112,16 +101,13 @@ class Inbox:
         if self._items or self._closed:  # frames the fast path took need no wake-up
             self._ready.set()
         if (len(self._items) > HIGH_WATER or self._bytes > HIGH_WATER_BYTES) and not self._paused:
-            transport = getattr(self.ws.io_proto, "transport", None)
-            if transport is not None:
-                transport.pause_reading()
-                self._paused = True
+            self._paused = self.transport.pause_reading()
         return rest
 
-    async def _process_events(self, events: Sequence[Any]) -> None:
+    async def _process_events(self, events: Sequence[Event]) -> None:
         for event in self._take_data(events):
-            if event.opcode is Opcode.PONG:
-                await self.ws.process_pong(event)
+            if isinstance(event, Frame) and event.opcode is Opcode.PONG:
+                await self.transport.process_pong(event)
 
     def _add(self, data: bytes | bytearray | memoryview, text: bool) -> None:
         self._tokens -= 1.0  # every frame, of any type, valid or not, spends the budget
@@ -157,19 +143,15 @@ class Inbox:
         self._stamp = now
         if self._tokens < 0.0 and not self._throttled:
             # Over budget: stop reading the socket until the bucket has a token again.
-            transport = getattr(self.ws.io_proto, "transport", None)
-            if transport is not None:
-                transport.pause_reading()
+            if self.transport.pause_reading():
                 self._throttled = True
                 self._loop.call_later(-self._tokens / self._rate, self._unthrottle)
 
     def _unthrottle(self) -> None:
         self._throttled = False
         self._refill()
-        if not self._throttled and not self._paused:
-            transport = getattr(self.ws.io_proto, "transport", None)
-            if transport is not None and not transport.is_closing():
-                transport.resume_reading()
+        if not self._throttled and not self._paused and not self.transport.socket_closing:
+            self.transport.resume_reading()
 
     def take_ready(self, limit: int) -> list[str | bytes]:
         """Up to ``limit`` more messages that are already queued (no waiting)."""
@@ -181,9 +163,8 @@ class Inbox:
 
     def _maybe_resume(self) -> None:
         if self._paused and len(self._items) < HIGH_WATER // 2 and self._bytes < HIGH_WATER_BYTES // 2:
-            transport = getattr(self.ws.io_proto, "transport", None)
-            if transport is not None and not self._throttled:
-                transport.resume_reading()
+            if not self._throttled:
+                self.transport.resume_reading()
             self._paused = False
 
     async def get(self, timeout: float | None = None) -> str | bytes | None:

@@ -20,10 +20,9 @@ import logging
 import time
 import uuid
 from collections import Counter
-from typing import Any
 
 from prometheus_client import Counter as MetricCounter
-from sanic import Blueprint, Request
+from sanic import Blueprint, Request, Websocket
 from websockets.exceptions import ConnectionClosed
 
 from nexo.auth import service as accounts
@@ -53,6 +52,7 @@ from nexo.realtime.protocol import (
     synced_frame,
 )
 from nexo.realtime.sessions import SessionWatch
+from nexo.realtime.transport import WebSocketTransport
 
 log = logging.getLogger("nexo.realtime")
 
@@ -160,14 +160,15 @@ def setup(app: NexoApp) -> None:
 
 
 @bp.websocket("/ws")
-async def websocket(request: Request, ws: Any) -> None:
+async def websocket(request: Request, ws: Websocket) -> None:
     ctx = app_context(request)
     request_id = getattr(request, "request_id", None) or uuid.uuid4().hex  # NexoRequest.request_id
     conn: Connection | None = None
     hub = ctx.hub
     settings = ctx.settings
     rate = settings.ws_frame_rate
-    inbox = Inbox(ws, rate.amount / rate.window_seconds, rate.amount)
+    transport = WebSocketTransport(ws)
+    inbox = Inbox(transport, rate.amount / rate.window_seconds, rate.amount)
     pending = ctx.ws_pending
     # Only upgrades that wait for an auth frame hold a socket unauthenticated for long.
     address = client_address(request) if "authorization" not in request.headers else None
@@ -179,11 +180,11 @@ async def websocket(request: Request, ws: Any) -> None:
                 # Upgrades that raced past the check before the handshake.
                 PENDING_REFUSED.inc()
                 CLOSES.labels(str(int(CloseCode.TOO_MANY_CONNECTIONS))).inc()
-                await ws.close(CloseCode.TOO_MANY_CONNECTIONS, "too many unauthenticated connections")
+                await transport.close(CloseCode.TOO_MANY_CONNECTIONS, "too many unauthenticated connections")
                 return
             principal = await _authenticate(request, inbox)
         except Unauthenticated as exc:
-            await _close_unauthorized(ws, str(exc))
+            await _close_unauthorized(transport, str(exc))
             return
         finally:
             if address is not None:
@@ -193,10 +194,12 @@ async def websocket(request: Request, ws: Any) -> None:
         cap = settings.ws_max_connections_per_user
         if hub.connections_of(principal.user_id) >= cap:
             CLOSES.labels(str(int(CloseCode.TOO_MANY_CONNECTIONS))).inc()
-            await ws.close(CloseCode.TOO_MANY_CONNECTIONS, f"too many connections: at most {cap} per user")
+            await transport.close(
+                CloseCode.TOO_MANY_CONNECTIONS, f"too many connections: at most {cap} per user"
+            )
             return
         conn = Connection(
-            ws,
+            transport,
             principal.user_id,
             principal.username,
             principal.session_id,
@@ -215,7 +218,7 @@ async def websocket(request: Request, ws: Any) -> None:
         log.exception("websocket handler failed (request %s)", request_id)
         CLOSES.labels(str(int(CloseCode.INTERNAL_ERROR))).inc()
         with contextlib.suppress(Exception):
-            await ws.close(CloseCode.INTERNAL_ERROR, f"internal error; request id {request_id}"[:120])
+            await transport.close(CloseCode.INTERNAL_ERROR, f"internal error; request id {request_id}"[:120])
     finally:
         if conn is not None:
             hub.remove(conn)
@@ -257,10 +260,10 @@ async def _principal(token: str) -> Principal:
         raise Unauthenticated(exc.message) from None
 
 
-async def _close_unauthorized(ws: Any, reason: str) -> None:
+async def _close_unauthorized(transport: WebSocketTransport, reason: str) -> None:
     UNAUTHORIZED_CLOSES.inc()
     CLOSES.labels(str(int(CloseCode.UNAUTHORIZED))).inc()
-    await ws.close(CloseCode.UNAUTHORIZED, reason.encode()[:120].decode(errors="ignore"))
+    await transport.close(CloseCode.UNAUTHORIZED, reason.encode()[:120].decode(errors="ignore"))
 
 
 def _arm_expiry(conn: Connection, expires_at: int) -> None:
