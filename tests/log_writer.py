@@ -12,7 +12,6 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
@@ -21,8 +20,8 @@ from nexo import db
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.keys import read_key
 from nexo.transparency.models import node_key
-from nexo.transparency.repository import SEQUENCER_LOCK_ID
-from nexo.transparency.sth import SignedTreeHead, TreeHead
+from nexo.transparency.repository import INSERT_STH, LATEST_STH, SEQUENCER_LOCK_ID, sth_from_row, sth_row
+from nexo.transparency.sth import SignedTreeHead
 
 
 def leaf_bytes(i: int) -> bytes:
@@ -81,21 +80,6 @@ def _key_file(server: LocalServer) -> Path:
     return Path(configured) if configured else server.data_dir / "sth_signing.key"
 
 
-def _row_sth(row: Any) -> SignedTreeHead:
-    index, size, root, ts, prev, origin, signature = row
-    return SignedTreeHead(TreeHead(origin, index, size, bytes(root), ts, bytes(prev)), bytes(signature))
-
-
-_LATEST = (
-    'SELECT "index", tree_size, root_hash, timestamp_ms, prev_sth_hash, origin, signature '
-    'FROM sths ORDER BY "index" DESC LIMIT 1'
-)
-_INSERT_STH = (
-    'INSERT INTO sths ("index", tree_size, root_hash, timestamp_ms, prev_sth_hash, origin, signature, '
-    "sth_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
 def grow(server: LocalServer, tree: Tree, to_size: int, root: bytes | None = None) -> SignedTreeHead:
     """Append leaves up to ``to_size`` and sign one STH over them (over ``root`` if given: a forgery)."""
     key = read_key(_key_file(server))
@@ -115,18 +99,6 @@ def grow(server: LocalServer, tree: Tree, to_size: int, root: bytes | None = Non
         head = sth_mod.next_head(latest, to_size, root or tree.root(to_size), latest.timestamp_ms + 1)
         return sth_mod.sign(head, key)
 
-    def sth_row(s: SignedTreeHead) -> tuple[object, ...]:
-        return (
-            s.index,
-            s.tree_size,
-            s.root_hash,
-            s.timestamp_ms,
-            s.prev_sth_hash,
-            s.origin,
-            s.signature,
-            s.sth_hash,
-        )
-
     if url:
 
         async def run() -> SignedTreeHead:
@@ -134,12 +106,12 @@ def grow(server: LocalServer, tree: Tree, to_size: int, root: bytes | None = Non
             try:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", SEQUENCER_LOCK_ID)
-                    signed = sign(_row_sth(tuple(await conn.fetchrow(_LATEST))))
+                    signed = sign(sth_from_row(tuple(await conn.fetchrow(LATEST_STH))))
                     await conn.copy_records_to_table(
                         "log_leaves", records=leaf_rows, columns=["leaf_index", "leaf"]
                     )
                     await conn.copy_records_to_table("log_nodes", records=node_rows, columns=["key", "hash"])
-                    await conn.execute(db.placeholders(_INSERT_STH, "postgres"), *sth_row(signed))
+                    await conn.execute(db.placeholders(INSERT_STH, "postgres"), *sth_row(signed))
                     await conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'sths'")
                 return signed
             finally:
@@ -148,10 +120,10 @@ def grow(server: LocalServer, tree: Tree, to_size: int, root: bytes | None = Non
         return asyncio.run(run())
     with sqlite3.connect(server.data_dir / "nexo.db", timeout=30) as lite:
         lite.execute("BEGIN IMMEDIATE")
-        signed = sign(_row_sth(lite.execute(_LATEST).fetchone()))
+        signed = sign(sth_from_row(lite.execute(LATEST_STH).fetchone()))
         lite.executemany("INSERT INTO log_leaves (leaf_index, leaf) VALUES (?, ?)", leaf_rows)
         lite.executemany("INSERT INTO log_nodes (key, hash) VALUES (?, ?)", node_rows)
-        lite.execute(_INSERT_STH, sth_row(signed))
+        lite.execute(INSERT_STH, sth_row(signed))
         lite.execute("UPDATE counters SET value = value + 1 WHERE name = 'sths'")
     return signed
 

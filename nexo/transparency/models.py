@@ -21,7 +21,10 @@ def node_of_key(key: int) -> tuple[int, int]:
     return key >> NODE_INDEX_BITS, key & ((1 << NODE_INDEX_BITS) - 1)
 
 
-class SignedTreeHead(Model):
+class SignedTreeHeadRow(Model):
+    """One signed tree head as stored (``sth.SignedTreeHead`` is the value the code passes around;
+    ``repository.py`` reads and writes these rows in raw SQL)."""
+
     index = fields.BigIntField(primary_key=True, generated=False)
     tree_size = fields.BigIntField()
     root_hash = fields.BinaryField()

@@ -20,12 +20,41 @@ from nexo.transparency.sth import SignedTreeHead, TreeHead
 #: ``pg_advisory_xact_lock`` key of the sequencer ("nexo-log").
 SEQUENCER_LOCK_ID = 0x6E65786F2D6C6F67 & 0x7FFFFFFFFFFFFFFF
 
-_STH_COLUMNS = (
-    '"index", tree_size, root_hash, timestamp_ms, prev_sth_hash, origin, signature'  # "index" is a keyword
+#: The columns of a row of ``sths``, in the order of :func:`sth_row`.
+STH_ROW_COLUMNS = (
+    "index",
+    "tree_size",
+    "root_hash",
+    "timestamp_ms",
+    "prev_sth_hash",
+    "origin",
+    "signature",
+    "sth_hash",
 )
+#: What :func:`sth_from_row` reads ("index" is a keyword: quoted).
+_STH_COLUMNS = ", ".join('"index"' if name == "index" else name for name in STH_ROW_COLUMNS[:-1])
+#: The latest STH, as :func:`sth_from_row` reads it.
+LATEST_STH = f'SELECT {_STH_COLUMNS} FROM sths ORDER BY "index" DESC LIMIT 1'
+#: One row of ``sths`` (``?`` placeholders), the values from :func:`sth_row`.
+INSERT_STH = f"INSERT INTO sths ({_STH_COLUMNS}, sth_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
-def _row_to_sth(row: Any) -> SignedTreeHead:
+def sth_row(sth: SignedTreeHead) -> tuple[int, int, bytes, int, bytes, str, bytes, bytes]:
+    """The values of ``sth``'s row, in the order of :data:`STH_ROW_COLUMNS`."""
+    return (
+        sth.index,
+        sth.tree_size,
+        sth.root_hash,
+        sth.timestamp_ms,
+        sth.prev_sth_hash,
+        sth.origin,
+        sth.signature,
+        sth.sth_hash,
+    )
+
+
+def sth_from_row(row: Any) -> SignedTreeHead:
+    """The STH of a row whose first columns are those of :data:`STH_ROW_COLUMNS` but ``sth_hash``."""
     return SignedTreeHead(
         TreeHead(
             origin=str(row[5]),
@@ -59,13 +88,13 @@ async def lock_sequencer(conn: BaseDBAsyncClient) -> None:
 
 
 async def latest_sth(conn: BaseDBAsyncClient | None = None) -> SignedTreeHead | None:
-    rows = await _query(f'SELECT {_STH_COLUMNS} FROM sths ORDER BY "index" DESC LIMIT 1', conn=conn)
-    return _row_to_sth(rows[0]) if rows else None
+    rows = await _query(LATEST_STH, conn=conn)
+    return sth_from_row(rows[0]) if rows else None
 
 
 async def get_sth(index: int) -> SignedTreeHead | None:
     rows = await _query(f'SELECT {_STH_COLUMNS} FROM sths WHERE "index" = ?', [index])
-    return _row_to_sth(rows[0]) if rows else None
+    return sth_from_row(rows[0]) if rows else None
 
 
 async def list_sths(start: int, limit: int) -> list[SignedTreeHead]:
@@ -73,7 +102,7 @@ async def list_sths(start: int, limit: int) -> list[SignedTreeHead]:
         f'SELECT {_STH_COLUMNS} FROM sths WHERE "index" >= ? ORDER BY "index" LIMIT ?',
         [start, limit],
     )
-    return [_row_to_sth(row) for row in rows]
+    return [sth_from_row(row) for row in rows]
 
 
 async def iter_sths(batch: int = 5000) -> AsyncIterator[tuple[SignedTreeHead, bytes]]:
@@ -87,7 +116,7 @@ async def iter_sths(batch: int = 5000) -> AsyncIterator[tuple[SignedTreeHead, by
         if not rows:
             return
         for row in rows:
-            yield _row_to_sth(row), bytes(row[7])
+            yield sth_from_row(row), bytes(row[7])
         last = int(rows[-1][0])
 
 
@@ -109,19 +138,7 @@ async def iter_leaves(batch: int = 5000) -> AsyncIterator[tuple[int, bytes, byte
 
 
 async def add_sth(conn: BaseDBAsyncClient, sth: SignedTreeHead) -> None:
-    await conn.execute_query(
-        db.sql_for(f"INSERT INTO sths ({_STH_COLUMNS}, sth_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", conn),
-        [
-            sth.index,
-            sth.tree_size,
-            sth.root_hash,
-            sth.timestamp_ms,
-            sth.prev_sth_hash,
-            sth.origin,
-            sth.signature,
-            sth.sth_hash,
-        ],
-    )
+    await conn.execute_query(db.sql_for(INSERT_STH, conn), list(sth_row(sth)))
 
 
 async def get_nodes(

@@ -269,6 +269,7 @@ def bulk_load(settings_env: dict[str, str], data_dir: Path, leaves: int, sth_eve
     from nexo.transparency import sth as sth_mod
     from nexo.transparency.keys import read_key
     from nexo.transparency.models import node_key
+    from nexo.transparency.repository import INSERT_STH, LATEST_STH, STH_ROW_COLUMNS, sth_from_row, sth_row
 
     # Let nexo create the schema, the key and STH 0 exactly as at first start.
     subprocess.run(
@@ -314,7 +315,7 @@ def bulk_load(settings_env: dict[str, str], data_dir: Path, leaves: int, sth_eve
 
         conn = await asyncpg.connect(url)
         try:
-            return await conn.fetchrow('SELECT * FROM sths ORDER BY "index" DESC LIMIT 1')
+            return await conn.fetchrow(LATEST_STH)
         finally:
             await conn.close()
 
@@ -322,19 +323,8 @@ def bulk_load(settings_env: dict[str, str], data_dir: Path, leaves: int, sth_eve
         row = asyncio.run(latest_pg())
     else:
         with sqlite3.connect(data_dir / "nexo.db") as conn:
-            conn.row_factory = sqlite3.Row
-            row = conn.execute('SELECT * FROM sths ORDER BY "index" DESC LIMIT 1').fetchone()
-    previous = sth_mod.SignedTreeHead(
-        sth_mod.TreeHead(
-            row["origin"],
-            row["index"],
-            row["tree_size"],
-            bytes(row["root_hash"]),
-            row["timestamp_ms"],
-            bytes(row["prev_sth_hash"]),
-        ),
-        bytes(row["signature"]),
-    )
+            row = conn.execute(LATEST_STH).fetchone()
+    previous = sth_from_row(row)
     origin = previous.origin
     for size in [*range(sth_every, leaves, sth_every), leaves]:
         head = sth_mod.next_head(previous, size, tree.root(size), base_ms + size)
@@ -345,19 +335,7 @@ def bulk_load(settings_env: dict[str, str], data_dir: Path, leaves: int, sth_eve
         f"{time.perf_counter() - t0:.1f}s (origin {origin})"
     )
     t0 = time.perf_counter()
-    sth_values = [
-        (
-            s.index,
-            s.tree_size,
-            s.root_hash,
-            s.timestamp_ms,
-            s.prev_sth_hash,
-            s.origin,
-            s.signature,
-            s.sth_hash,
-        )
-        for s in sth_rows
-    ]
+    sth_values = [sth_row(s) for s in sth_rows]
     if url:
         import asyncpg
 
@@ -372,16 +350,7 @@ def bulk_load(settings_env: dict[str, str], data_dir: Path, leaves: int, sth_eve
                     await conn.copy_records_to_table(
                         "sths",
                         records=sth_values,
-                        columns=[
-                            "index",
-                            "tree_size",
-                            "root_hash",
-                            "timestamp_ms",
-                            "prev_sth_hash",
-                            "origin",
-                            "signature",
-                            "sth_hash",
-                        ],
+                        columns=list(STH_ROW_COLUMNS),
                     )
                     await conn.execute(
                         "UPDATE counters SET value = $1 WHERE name = 'sths'", len(sth_rows) + 1
@@ -395,11 +364,7 @@ def bulk_load(settings_env: dict[str, str], data_dir: Path, leaves: int, sth_eve
         with sqlite3.connect(data_dir / "nexo.db") as conn:
             conn.executemany("INSERT INTO log_leaves (leaf_index, leaf) VALUES (?, ?)", leaf_rows)
             conn.executemany("INSERT INTO log_nodes (key, hash) VALUES (?, ?)", node_rows)
-            conn.executemany(
-                'INSERT INTO sths ("index", tree_size, root_hash, timestamp_ms, prev_sth_hash, origin, '
-                "signature, sth_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                sth_values,
-            )
+            conn.executemany(INSERT_STH, sth_values)
             conn.execute("UPDATE counters SET value = ? WHERE name = 'sths'", (len(sth_rows) + 1,))
     print(f"  loaded into {'postgresql' if url else 'sqlite'} in {time.perf_counter() - t0:.1f}s")
 
