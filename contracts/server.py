@@ -8,6 +8,7 @@ and WebSocket only.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import secrets
@@ -16,10 +17,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -175,11 +179,22 @@ def run_nexo(
     )
 
 
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coroutine)``, also from a thread whose event loop is running (Playwright's
+    sync API keeps one running under the tests' code): then on a thread of its own."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="run-async") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 @contextlib.contextmanager
 def scratch_postgres(admin_url: str | None = None) -> Iterator[str]:
     """Create an empty PostgreSQL database, yield its URL, drop it afterwards."""
-    import asyncio
-
     import asyncpg
 
     admin = admin_url or os.environ.get("NEXO_TEST_PG_URL", DEFAULT_PG_URL)
@@ -192,9 +207,9 @@ def scratch_postgres(admin_url: str | None = None) -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
+    run_async(execute(f'CREATE DATABASE "{name}"'))
     base, _, _ = admin.rpartition("/")
     try:
         yield f"{base}/{name}"
     finally:
-        asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_async(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

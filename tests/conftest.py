@@ -8,7 +8,6 @@ that need Redis.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -20,7 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from contracts.server import DEFAULT_REDIS_URL, LocalServer, scratch_postgres
+from contracts.server import DEFAULT_REDIS_URL, LocalServer, run_async, scratch_postgres
 from nexo import db
 
 BACKEND = os.environ.get("NEXO_TEST_BACKEND", "sqlite")
@@ -118,7 +117,7 @@ def db_execute(server: LocalServer, sql: str, params: tuple[Any, ...] = ()) -> N
             finally:
                 await conn.close()
 
-        asyncio.run(run())
+        run_async(run())
     else:
         with sqlite3.connect(server.data_dir / "nexo.db") as conn:
             conn.execute(sql, params)
@@ -136,7 +135,7 @@ def db_scalar(server: LocalServer, sql: str, params: tuple[Any, ...] = ()) -> An
             finally:
                 await conn.close()
 
-        return asyncio.run(run())
+        return run_async(run())
     with sqlite3.connect(server.data_dir / "nexo.db") as conn:
         row = conn.execute(sql, params).fetchone()
     return row[0] if row else None

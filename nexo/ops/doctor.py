@@ -164,8 +164,7 @@ class Doctor:
                 continue
             cosigned = int(state["cosigned_index"])
             line = f"{witness.name}: cosigned STH {cosigned} (latest {latest}), {state['failures']} failures"
-            failing = state["last_error"] and int(state["last_error_ms"]) >= int(state["last_success_ms"])
-            if failing:
+            if witness_repository.failing(state):
                 line += f", last error: {state['last_error']}"
             elif cosigned >= 0:
                 healthy += 1

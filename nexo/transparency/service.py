@@ -140,23 +140,32 @@ class _QuorumMark:
     value = -1
 
 
+async def quorum_cosigned(
+    witnesses: tuple[Witness, ...], quorum: int
+) -> tuple[SignedTreeHead, list[Cosignature]] | None:
+    """The newest STH cosigned by ``quorum`` of ``witnesses`` and their cosignatures of it
+    (``None`` without witnesses or while no STH is)."""
+    if not (witnesses and quorum):
+        return None
+    names = [w.name for w in witnesses]
+    index = await witness_repository.newest_cosigned(names, quorum, max(0, _QuorumMark.value))
+    if index is None:
+        return None
+    _QuorumMark.value = max(_QuorumMark.value, index)
+    head = await repository.get_sth(index)
+    if head is None:
+        return None
+    cosigs = (await witness_repository.cosignatures(index, index)).get(index, [])
+    return head, [c for c in cosigs if c.name in names]
+
+
 async def served_checkpoint(
     public_key: bytes, witnesses: tuple[Witness, ...] = (), quorum: int = 0
 ) -> tuple[str, dict[str, str]]:
     """The note to serve: the newest STH cosigned by ``quorum`` of ``witnesses``, with the log's
     signature and those cosignature lines; the latest STH (log signature only) when none is."""
-    head: SignedTreeHead | None = None
-    cosigs: list[Cosignature] = []
-    if witnesses and quorum:
-        names = [w.name for w in witnesses]
-        index = await witness_repository.newest_cosigned(names, quorum, max(0, _QuorumMark.value))
-        if index is not None:
-            _QuorumMark.value = max(_QuorumMark.value, index)
-            head = await repository.get_sth(index)
-            cosigs = (await witness_repository.cosignatures(index, index)).get(index, [])
-            cosigs = [c for c in cosigs if c.name in names]
-    if head is None:
-        head = await latest()
+    cosigned = await quorum_cosigned(witnesses, quorum)
+    head, cosigs = cosigned if cosigned is not None else (await latest(), [])
     note = sth_mod.signed_note(head, public_key) + "".join(f"{c.line()}\n" for c in cosigs)
     return note, {CHECKPOINT_INDEX_HEADER: str(head.index), CHECKPOINT_COSIGNATURES_HEADER: str(len(cosigs))}
 

@@ -53,6 +53,11 @@ async def states() -> dict[str, dict[str, Any]]:
     return {str(row["name"]): dict(row) for row in rows}
 
 
+def failing(state: dict[str, Any]) -> bool:
+    """Whether a witness's latest submission failed (a state row of :func:`states`)."""
+    return bool(state["last_error"]) and int(state["last_error_ms"]) >= int(state["last_success_ms"])
+
+
 async def record_success(
     name: str, size: int, sth_index: int, cosigs: Iterable[Cosignature], now_ms: int
 ) -> None:

@@ -38,6 +38,16 @@ class Sample:
     sth_index: int = -1
     sth_tree_size: int = 0
     sth_timestamp_ms: int = 0
+    #: Witnesses configured (NEXO_WITNESSES) and how many must cosign (NEXO_WITNESS_QUORUM).
+    witnesses: int = 0
+    witness_quorum: int = 0
+    #: The newest STH cosigned by the quorum (the one GET /api/log/checkpoint serves), -1 if none.
+    cosigned_index: int = -1
+    cosigned_timestamp_ms: int = 0
+    #: The configured witnesses whose cosignature of that STH is stored.
+    cosigners: tuple[str, ...] = ()
+    #: ``"<witness>: <last error>"`` for each witness whose latest submission failed.
+    witness_errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,11 @@ REMEDIES = {
     "sth": "Runbook, Check STH chain for anomalies: the log has not signed a tree head (not even its "
            "heartbeat, NEXO_STH_MAX_AGE) for too long; check the server log for sequencer errors and that "
            "the database accepts writes; nexo audit checks the chain.",
+    "witnesses": "Runbook, Check STH chain for anomalies: the witnesses have not cosigned a recent tree "
+                 "head (NEXO_WITNESS_QUORUM), so clients that require cosignatures stop at an old one; "
+                 "nexo doctor lists each witness's last error: unreachable or timeout (is the witness up?), "
+                 "forbidden 403 (it does not trust the log's key), unknown_log 404 (origin not configured "
+                 "there), inconsistent 422 (it saw a different tree: treat as a fork, run nexo audit).",
     "tokens": "Runbook, JWT Token Expired: clients should refresh before expiry; check JWT_SECRET is "
               "consistent across restarts; a reused refresh token means a stolen or replayed token.",
     "ratelimit": "Runbook, Rate limiting (100 req/min): a client is at its limit; find it in the access log "
@@ -91,10 +106,44 @@ def health_p95(now: Sample, then: Sample) -> float | None:
     return bounds[-1]
 
 
-def evaluate(history: Sequence[Sample], *, now_ms: int, sth_max_age: float, window: float = 60) -> list[Row]:
+def cosignatures(history: Sequence[Sample], *, now_ms: int, max_age: float) -> tuple[bool, str]:
+    """Whether the witnesses keep up, and the figure: the newest STH cosigned by the quorum, by
+    how many of the witnesses, and how old it is ("" without witnesses).
+
+    With a quorum configured it is broken when fewer than the quorum of witnesses are not
+    failing (their latest submission failed: down, refusing, timing out), or when the
+    newest quorum-cosigned STH was signed more than ``max_age`` seconds ago (none at all
+    once the console has sampled for that long). The log signs a heartbeat STH at least
+    every NEXO_STH_MAX_AGE and the submitter sends the latest every NEXO_WITNESS_INTERVAL,
+    so a working quorum always has one that recent.
+    """
+    now = history[-1]
+    if not now.witness_quorum:
+        return True, ""
+    errors = "; ".join(now.witness_errors)
+    up = now.witnesses - len(now.witness_errors)
+    if now.cosigned_index < 0:
+        waited = now.t - history[0].t
+        figure = (f"no STH cosigned by the quorum ({now.witness_quorum} of {now.witnesses} witnesses) yet, "
+                  f"waited {waited:.0f} s (limit {max_age:g} s)")
+        ok = up >= now.witness_quorum and waited <= max_age
+    else:
+        age = max(0.0, (now_ms - now.cosigned_timestamp_ms) / 1000)
+        figure = (f"cosigned: STH #{now.cosigned_index} by {len(now.cosigners)} of {now.witnesses} witnesses "
+                  f"(quorum {now.witness_quorum}: {', '.join(now.cosigners)}), signed {age:.0f} s ago "
+                  f"(limit {max_age:g} s)")
+        ok = up >= now.witness_quorum and age <= max_age
+    if errors:
+        figure += f"; failing: {errors}"
+    return ok, figure
+
+
+def evaluate(history: Sequence[Sample], *, now_ms: int, sth_max_age: float, window: float = 60,
+             witness_max_age: float = float("inf")) -> list[Row]:
     """The checklist for the newest sample of ``history`` (oldest first, never empty).
 
-    Rates look back ``window`` seconds (the runbook's minute; shorter in tests).
+    Rates look back ``window`` seconds (the runbook's minute; shorter in tests). The STH
+    row also holds the witnesses' cosignatures to ``witness_max_age`` (:func:`cosignatures`).
     """
     now = history[-1]
     minute = _before(history[:-1], now, window)
@@ -127,12 +176,13 @@ def evaluate(history: Sequence[Sample], *, now_ms: int, sth_max_age: float, wind
 
     age = max(0.0, (now_ms - now.sth_timestamp_ms) / 1000) if now.sth_index >= 0 else None
     index_grew = now.sth_index >= minute.sth_index
+    sth_ok = age is not None and age <= sth_max_age and index_grew
+    cosigned_ok, cosigned = cosignatures(history, now_ms=now_ms, max_age=witness_max_age)
     rows.append(Row(
-        "sth", "STH chain index incrementing",
-        age is not None and age <= sth_max_age and index_grew,
-        "no tree head yet" if age is None else
-        f"STH #{now.sth_index}, {now.sth_tree_size} leaves, signed {age:.0f} s ago (limit {sth_max_age:g} s)",
-        REMEDIES["sth"],
+        "sth", "STH chain index incrementing", sth_ok and cosigned_ok,
+        ("no tree head yet" if age is None else f"STH #{now.sth_index}, {now.sth_tree_size} leaves, "
+         f"signed {age:.0f} s ago (limit {sth_max_age:g} s)") + (f"; {cosigned}" if cosigned else ""),
+        " ".join(REMEDIES[k] for k, ok in (("sth", sth_ok), ("witnesses", cosigned_ok)) if not ok),
     ))
 
     refreshed = now.refresh_ok - minute.refresh_ok

@@ -16,6 +16,7 @@ from nexo import health
 from nexo.config import Settings
 from nexo.context import NexoApp, app_context
 from nexo.errors import NotFound, Unauthorized
+from nexo.transparency import witness
 from nexo.web import assets, checklist
 from nexo.web.sampler import Sampler
 
@@ -30,7 +31,8 @@ def setup(app: NexoApp) -> None:
     async def start_sampler(app: NexoApp) -> None:
         app.ctx.console = None
         if app.ctx.settings.console_token:
-            app.ctx.console = Sampler()
+            settings: Settings = app.ctx.settings
+            app.ctx.console = Sampler(settings.witnesses, settings.witness_quorum)
             await app.ctx.console.sample()
             app.ctx.console.start()
 
@@ -79,10 +81,12 @@ async def console_status(request: Request) -> HTTPResponse:
     if not history:
         return json({"error": {"code": "service_unavailable", "message": sampler.error or "no sample yet"}},
                     status=503, headers={"Cache-Control": "no-store"})
-    # The STH row holds the log to its heartbeat (NEXO_STH_MAX_AGE) with health's grace.
-    rows = checklist.evaluate(history, now_ms=int(time.time() * 1000),
-                              sth_max_age=settings.sth_max_age + health.STH_AGE_GRACE_SECONDS,
-                              window=settings.console_window)
+    # The STH row holds the log to its heartbeat (NEXO_STH_MAX_AGE) with health's grace, and
+    # the quorum-cosigned STH to that plus a submission round (interval and request timeout).
+    sth_max_age = settings.sth_max_age + health.STH_AGE_GRACE_SECONDS
+    witness_max_age = sth_max_age + settings.witness_interval + witness.REQUEST_TIMEOUT
+    rows = checklist.evaluate(history, now_ms=int(time.time() * 1000), sth_max_age=sth_max_age,
+                              window=settings.console_window, witness_max_age=witness_max_age)
     plot = checklist.series(history)
     latest = history[-1]
     return json({
@@ -91,6 +95,9 @@ async def console_status(request: Request) -> HTTPResponse:
         "rows": [row.as_json() for row in rows],
         "plot": {name: [p for p in points if p[0] > since] for name, points in plot.items()},
         "sth": {"index": latest.sth_index, "tree_size": latest.sth_tree_size,
-                "timestamp_ms": latest.sth_timestamp_ms},
+                "timestamp_ms": latest.sth_timestamp_ms,
+                "cosigned": {"index": latest.cosigned_index, "timestamp_ms": latest.cosigned_timestamp_ms,
+                             "cosigners": list(latest.cosigners), "quorum": latest.witness_quorum,
+                             "witnesses": latest.witnesses}},
         "registrations": sampler.registrations,
     }, headers={"Cache-Control": "no-store"})

@@ -2,7 +2,9 @@
 
 Every ``SAMPLE_SECONDS`` one background task per worker reads the Prometheus
 registry (summed over workers in multiprocess mode), the latest tree head (one
-indexed row) and the latest device registrations (``REGISTRATIONS`` rows). The
+indexed row), with witnesses the newest STH cosigned by the quorum (what
+``GET /api/log/checkpoint`` serves) and each witness's state row, and the latest
+device registrations (``REGISTRATIONS`` rows). The
 console endpoint only formats what is in memory, so a refresh costs the server
 the same whatever the tables hold. Nothing is counted here: every figure is the
 server's own counter, read.
@@ -18,10 +20,13 @@ from typing import Any
 
 from nexo import metrics
 from nexo.auth import repository as users
+from nexo.config import Witness
 from nexo.devices import repository as devices
 from nexo.tasks import cancel_and_wait, repeat
 from nexo.timefmt import utc_iso
 from nexo.transparency import repository as log_repository
+from nexo.transparency import service as log_service
+from nexo.transparency import witness_repository
 from nexo.web.checklist import Sample
 
 log = logging.getLogger("nexo.web")
@@ -60,10 +65,31 @@ def read_metrics(now: float) -> dict[str, Any]:
     return out
 
 
+async def read_witnesses(witnesses: tuple[Witness, ...], quorum: int) -> dict[str, Any]:
+    """The witnesses' side of the STH row, from what the submitter stored: the STH the
+    checkpoint serves (newest cosigned by the quorum), who cosigned it, who is failing."""
+    if not witnesses:
+        return {}
+    values: dict[str, Any] = {"witnesses": len(witnesses), "witness_quorum": quorum}
+    cosigned = await log_service.quorum_cosigned(witnesses, quorum)
+    if cosigned is not None:
+        head, cosigs = cosigned
+        values.update(cosigned_index=head.index, cosigned_timestamp_ms=head.head.timestamp_ms,
+                      cosigners=tuple(c.name for c in cosigs))
+    states = await witness_repository.states()
+    values["witness_errors"] = tuple(
+        f"{w.name}: {states[w.name]['last_error']}"
+        for w in witnesses if w.name in states and witness_repository.failing(states[w.name])
+    )
+    return values
+
+
 class Sampler:
     """Holds ``HISTORY_SECONDS`` of samples and the latest registrations."""
 
-    def __init__(self) -> None:
+    def __init__(self, witnesses: tuple[Witness, ...] = (), quorum: int = 0) -> None:
+        self.witnesses = witnesses
+        self.quorum = quorum
         self.history: deque[Sample] = deque(maxlen=int(HISTORY_SECONDS / SAMPLE_SECONDS) + 1)
         self.registrations: list[dict[str, Any]] = []
         self.error: str | None = None
@@ -76,6 +102,7 @@ class Sampler:
             if sth is not None:
                 values.update(sth_index=sth.index, sth_tree_size=sth.tree_size,
                               sth_timestamp_ms=sth.head.timestamp_ms)
+            values.update(await read_witnesses(self.witnesses, self.quorum))
             latest = await devices.latest_registered(REGISTRATIONS)
             names = await users.usernames(d.user_id for d in latest)
         except Exception as exc:  # the console shows it; the server goes on

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 CHROMIUM = os.environ.get("NEXO_TEST_CHROMIUM", "/usr/bin/chromium")
 FLAGS = [
@@ -31,13 +32,25 @@ def screenshot(page: Page, name: str) -> None:
         page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
 
 
+def missing_chromium() -> str | None:
+    """Why the browser cannot run, or ``None``: the tests fail (never skip) with this message."""
+    if not os.access(CHROMIUM, os.X_OK):
+        return (f"Chromium is missing: {CHROMIUM} is not an executable. Install Debian's "
+                "(apt-get install -y chromium; scripts/test does it as root) or set NEXO_TEST_CHROMIUM "
+                "to a Chromium binary. Playwright's own download (playwright install) is not used.")
+    return None
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/test does it)")
+    if (reason := missing_chromium()) is not None:
+        pytest.fail(reason, pytrace=False)
     with sync_playwright() as playwright:
         # launch() gives every browser a fresh temporary user-data-dir.
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        except PlaywrightError as exc:
+            pytest.fail(f"{CHROMIUM} did not start: {exc.message}", pytrace=False)
         try:
             yield browser
         finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from contracts.server import LocalServer
 from nexo_client import Witness
 from tests.browser.conftest import screenshot
-from tests.conftest import ServerFactory, server_factory
+from tests.conftest import ServerFactory, db_scalar, server_factory
 from tests.fault_proxy import WITNESS_NAME
 from tests.realtime_support import FAST_ENV
 from tests.test_contracts_fail import fault_proxy
@@ -106,8 +105,7 @@ def received(page: Page, text: str):  # type: ignore[no-untyped-def]
 
 
 def stored_rows(server: LocalServer) -> int:
-    with sqlite3.connect(server.data_dir / "nexo.db") as db:
-        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    return int(db_scalar(server, "SELECT COUNT(*) FROM messages"))
 
 
 def test_two_browsers_register_verify_each_other_and_talk(
@@ -129,9 +127,9 @@ def test_two_browsers_register_verify_each_other_and_talk(
     assert b.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
     screenshot(a, "chat")
     screenshot(b, "chat-phone")
-    with sqlite3.connect(nexo.data_dir / "nexo.db") as db:
-        bodies = [row[0] for row in db.execute("SELECT body FROM messages")]
-    assert bodies and not [body for body in bodies if "hello bob" in body or "alice ✓" in body]
+    assert stored_rows(nexo) >= 2  # only ciphertext: no stored body holds the words typed
+    plain = "SELECT COUNT(*) FROM messages WHERE body LIKE ? OR body LIKE ?"
+    assert db_scalar(nexo, plain, ("%hello bob%", "%alice ✓%")) == 0
     assert not a.errors and not b.errors  # type: ignore[attr-defined]
 
 
