@@ -30,8 +30,8 @@ def setup(app: NexoApp) -> None:
     @app.before_server_start
     async def start_sampler(app: NexoApp) -> None:
         app.ctx.console = None
-        if app.ctx.settings.console_token:
-            settings: Settings = app.ctx.settings
+        settings = app.ctx.settings
+        if settings.console_token:
             app.ctx.console = Sampler(settings.witnesses, settings.witness_quorum)
             await app.ctx.console.sample()
             app.ctx.console.start()
