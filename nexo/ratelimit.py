@@ -355,7 +355,20 @@ def classify(request: Request, settings: Settings) -> tuple[Bucket, str, RateLim
 
 
 async def limit_request(request: Request) -> None:
-    """Request middleware: spend one unit of the caller's budget or refuse with 429."""
+    """Request middleware: spend one unit of the caller's budget or refuse with 429.
+
+    A route declared with ``ctx_charged_by_handler=True`` is skipped here: its handler
+    calls :func:`charge` itself before any costly work, and not for what it answers
+    from memory (the tlog-tiles route: full tiles a worker holds).
+    """
+    route = request.route
+    if route is not None and getattr(route.ctx, "charged_by_handler", False):
+        return
+    await charge(request)
+
+
+async def charge(request: Request) -> None:
+    """Spend one unit of the caller's budget (the budget the middleware would) or refuse with 429."""
     settings: Settings = app_context(request).settings
     target = classify(request, settings)
     if target is None:

@@ -3,24 +3,27 @@
 ``/tlog/checkpoint`` is the same note as ``/api/log/checkpoint`` (cached a
 second); ``/tlog/tile/<L>/<N>[.p/<W>]`` and ``/tlog/tile/entries/<N>[.p/<W>]``
 are immutable once served (a tile of a given width never changes), so a CDN
-may keep them for a year. Wire details: docs/transparency.md.
+may keep them for a year; they carry an ETag (``If-None-Match`` → 304) and entry
+bundles are gzipped for clients that accept it. Full tiles a worker holds are
+answered from memory without spending the rate limit; a miss spends it before
+any database read. Wire details: docs/transparency.md.
 """
 
 from __future__ import annotations
 
 from sanic import Blueprint, Request
-from sanic.response import HTTPResponse, raw, text
+from sanic.response import HTTPResponse, text
 from sanic_ext import openapi
 
+from nexo import ratelimit
 from nexo.context import app_context
 from nexo.errors import NotFound
 from nexo.transparency import service, tiles, tiles_service
+from nexo.transparency.tile_responses import OCTETS
 
 bp = Blueprint("tlog", url_prefix="/tlog")
 
-IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 CHECKPOINT_CACHE = {"Cache-Control": "public, max-age=1"}
-OCTETS = "application/octet-stream"
 
 
 @bp.get("/checkpoint")
@@ -34,13 +37,19 @@ async def tlog_checkpoint(request: Request) -> HTTPResponse:
     return text(note, headers={**CHECKPOINT_CACHE, **headers}, content_type="text/plain; charset=utf-8")
 
 
-@bp.get("/tile/<path:path>")
+@bp.get("/tile/<path:path>", ctx_charged_by_handler=True)
 @openapi.summary("A hash tile <L>/<N>[.p/<W>] or an entry bundle entries/<N>[.p/<W>]")
 @openapi.response(200, {OCTETS: bytes})
+@openapi.response(304, description="the If-None-Match ETag is current")
 async def tlog_tile(request: Request, path: str) -> HTTPResponse:
-    try:
-        tile = tiles.parse_path(path)
-    except tiles.TilePathError as exc:
-        raise NotFound(f"not a tile path: {exc}", code=service.LogErrorCode.TILE_NOT_FOUND) from None
-    body = await tiles_service.tile_body(tile)
-    return raw(body, headers=IMMUTABLE, content_type=OCTETS)
+    """A full tile this worker holds is answered from memory, uncharged; anything else
+    (a miss, a partial tile, a bad path) spends a unit of the rate limit first."""
+    found = tiles_service.cached(path)
+    if found is None:
+        await ratelimit.charge(request)
+        try:
+            tile = tiles.parse_path(path)
+        except tiles.TilePathError as exc:
+            raise NotFound(f"not a tile path: {exc}", code=service.LogErrorCode.TILE_NOT_FOUND) from None
+        found = await tiles_service.tile_response(tile)
+    return found.respond(request)
