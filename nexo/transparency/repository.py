@@ -15,24 +15,13 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 
 from nexo import counters, db
 from nexo.transparency.models import node_key, node_of_key
-from nexo.transparency.sth import SignedTreeHead, TreeHead
+from nexo.transparency.sth import STH_FIELDS, SignedTreeHead, TreeHead
 
 #: ``pg_advisory_xact_lock`` key of the sequencer ("nexo-log").
 SEQUENCER_LOCK_ID = 0x6E65786F2D6C6F67 & 0x7FFFFFFFFFFFFFFF
 
-#: The columns of a row of ``sths``, in the order of :func:`sth_row`.
-STH_ROW_COLUMNS = (
-    "index",
-    "tree_size",
-    "root_hash",
-    "timestamp_ms",
-    "prev_sth_hash",
-    "origin",
-    "signature",
-    "sth_hash",
-)
 #: What :func:`sth_from_row` reads ("index" is a keyword: quoted).
-_STH_COLUMNS = ", ".join('"index"' if name == "index" else name for name in STH_ROW_COLUMNS[:-1])
+_STH_COLUMNS = ", ".join('"index"' if name == "index" else name for name in STH_FIELDS[:-1])
 #: The latest STH, as :func:`sth_from_row` reads it.
 LATEST_STH = f'SELECT {_STH_COLUMNS} FROM sths ORDER BY "index" DESC LIMIT 1'
 #: One row of ``sths`` (``?`` placeholders), the values from :func:`sth_row`.
@@ -40,7 +29,7 @@ INSERT_STH = f"INSERT INTO sths ({_STH_COLUMNS}, sth_hash) VALUES (?, ?, ?, ?, ?
 
 
 def sth_row(sth: SignedTreeHead) -> tuple[int, int, bytes, int, bytes, str, bytes, bytes]:
-    """The values of ``sth``'s row, in the order of :data:`STH_ROW_COLUMNS`."""
+    """The values of ``sth``'s row, in the order of :data:`STH_FIELDS`."""
     return (
         sth.index,
         sth.tree_size,
@@ -54,7 +43,7 @@ def sth_row(sth: SignedTreeHead) -> tuple[int, int, bytes, int, bytes, str, byte
 
 
 def sth_from_row(row: Any) -> SignedTreeHead:
-    """The STH of a row whose first columns are those of :data:`STH_ROW_COLUMNS` but ``sth_hash``."""
+    """The STH of a row whose first columns are those of :data:`STH_FIELDS` but ``sth_hash``."""
     return SignedTreeHead(
         TreeHead(
             origin=str(row[5]),

@@ -34,6 +34,7 @@ SIGNATURE_SIZE = 64
 ALGORITHM = "Ed25519"
 #: C2SP signed-note signature type byte for Ed25519.
 NOTE_ED25519 = b"\x01"
+#: The fields of an STH as served, and the columns of its row in ``sths`` (``repository.sth_row``).
 STH_FIELDS = (
     "index",
     "tree_size",

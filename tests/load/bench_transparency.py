@@ -269,7 +269,7 @@ def bulk_load(settings_env: dict[str, str], data_dir: Path, leaves: int, sth_eve
     from nexo.transparency import sth as sth_mod
     from nexo.transparency.keys import read_key
     from nexo.transparency.models import node_key
-    from nexo.transparency.repository import INSERT_STH, LATEST_STH, STH_ROW_COLUMNS, sth_from_row, sth_row
+    from nexo.transparency.repository import INSERT_STH, LATEST_STH, sth_from_row, sth_row
 
     # Let nexo create the schema, the key and STH 0 exactly as at first start.
     subprocess.run(
@@ -350,7 +350,7 @@ def bulk_load(settings_env: dict[str, str], data_dir: Path, leaves: int, sth_eve
                     await conn.copy_records_to_table(
                         "sths",
                         records=sth_values,
-                        columns=list(STH_ROW_COLUMNS),
+                        columns=list(sth_mod.STH_FIELDS),
                     )
                     await conn.execute(
                         "UPDATE counters SET value = $1 WHERE name = 'sths'", len(sth_rows) + 1
