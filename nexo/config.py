@@ -93,6 +93,9 @@ class Settings:
     #: Frames of every type one connection may send (token bucket: the amount, refilled
     #: over the window); beyond it the server stops reading the socket until it refills.
     ws_frame_rate: RateLimit = RateLimit(12000, 60)
+    #: What ``sync`` may replay for one user, all its connections together (a frame a
+    #: message and a KiB; token bucket of the amount, refilled over the window).
+    ws_sync_rate: RateLimit = RateLimit(2000, 5)
     #: Open WebSocket connections per user in one worker process; more are closed with 4429.
     ws_max_connections_per_user: int = 20
     #: WebSocket upgrades from one address not yet authenticated, per worker; more get 429.
@@ -195,6 +198,9 @@ class Settings:
             ws_outbox_bytes=_int(env, "NEXO_WS_OUTBOX_BYTES", 1024 * 1024, minimum=64 * 1024),
             ws_frame_rate=RateLimit.parse(
                 env.get("NEXO_WS_FRAME_RATE") or "12000/minute", "NEXO_WS_FRAME_RATE"
+            ),
+            ws_sync_rate=RateLimit.parse(
+                env.get("NEXO_WS_SYNC_RATE") or "2000 per 5 seconds", "NEXO_WS_SYNC_RATE"
             ),
             ws_max_connections_per_user=_int(env, "NEXO_WS_MAX_CONNECTIONS_PER_USER", 20, minimum=1),
             ws_max_pending_per_address=_int(env, "NEXO_WS_MAX_PENDING_PER_ADDRESS", 20, minimum=1),

@@ -9,7 +9,7 @@ feature's ``setup`` adds what needs no server (``auth``: ``tokens``; ``web``:
 2. ``health``: ``health``; ``ratelimit``: ``limiter``; ``auth``: ``auth``, ``auth_pruner``;
 3. ``transparency``: ``log_public_key``, ``sequencer``, ``witness_submitter``;
 4. ``messages``: ``message_writer``, ``recipients``;
-5. ``realtime``: ``hub``, ``broker``, ``session_watch``, ``ws_pending``;
+5. ``realtime``: ``hub``, ``broker``, ``session_watch``, ``ws_pending``, ``replay_budget``;
 6. ``web``: ``console``;
 7. ``_link_features`` (app.py) links them (it adds no field).
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from nexo.ratelimit import Limiter
     from nexo.realtime.broker import LocalBroker
     from nexo.realtime.hub import Hub
+    from nexo.realtime.replay import ReplayBudget
     from nexo.realtime.sessions import SessionWatch
     from nexo.transparency.sequencer import Sequencer
     from nexo.transparency.witness import WitnessSubmitter
@@ -69,6 +70,8 @@ class AppContext:
     session_watch: SessionWatch = field(init=False)
     #: Upgrades per client address still waiting for their auth frame.
     ws_pending: Counter[str] = field(init=False)
+    #: What ``sync`` may still replay, per user (``NEXO_WS_SYNC_RATE``).
+    replay_budget: ReplayBudget = field(init=False)
     #: The console's sampler, when ``NEXO_CONSOLE_TOKEN`` is set.
     console: Sampler | None = field(init=False)
 

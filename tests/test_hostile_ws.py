@@ -400,6 +400,50 @@ async def test_sync_storm_is_paced_by_the_frame_budget(budget_server: LocalServe
     await sender.close()
 
 
+@pytest.fixture
+def sync_budget_server(make_server: ServerFactory) -> LocalServer:
+    return make_server({**FAST_ENV, "NEXO_WS_SYNC_RATE": "200/second"})
+
+
+async def test_sync_storm_from_many_connections_of_one_user_is_paced_per_user(
+    sync_budget_server: LocalServer,
+) -> None:
+    """The replay budget is the user's, shared by its connections (each of which is well
+    within its own frame budget here): four connections syncing a 370 KB history ten
+    times each replay the burst and one page each, then wait for the budget to refill."""
+    server = sync_budget_server
+    alice, bob, carol = account(server), account(server), account(server)
+    sender = await online(server, alice.access_token)
+    for _ in range(90):  # one page: a replay costs ~460 (90 rows and ~370 KiB)
+        assert (await send_and_ack(sender, bob.username, "s" * 4000))["type"] == "ack"
+    for _ in range(5):
+        assert (await send_and_ack(sender, carol.username, "for carol"))["type"] == "ack"
+    storms = [await online(server, bob.access_token) for _ in range(4)]
+    for ws in storms:
+        for _ in range(10):
+            await ws.send(json.dumps({"type": "sync", "since": 0}))
+    # Another user's sync (an honest reconnect) is not slowed by bob's budget.
+    honest = await online(server, carol.access_token)
+    started = time.monotonic()
+    await honest.send(json.dumps({"type": "sync", "since": 0}))
+    replay = [f for f in await frames_until_synced(honest) if f.get("type") == "message"]
+    assert len(replay) == 5 and time.monotonic() - started < 2.0
+    seen = await asyncio.gather(*(frames_within(ws, 3.0) for ws in storms))
+    synced = sum(1 for frames in seen for f in frames if f.get("type") == "synced")
+    # 200 of burst and 200/s for 3 s pay for ~2 replays, plus one page in flight per
+    # connection: at most ~6 (the old code replayed all 40, each connection in its burst).
+    assert 1 <= synced <= 10, f"{synced} of 40 syncs of a 370 KB history replayed in 3 s"
+    for ws in [*storms, honest, sender]:
+        await ws.close()
+
+
+async def frames_until_synced(ws: ClientConnection) -> list[dict[str, Any]]:
+    frames = [await next_frame(ws)]
+    while frames[-1].get("type") != "synced":
+        frames.append(await next_frame(ws))
+    return frames
+
+
 async def test_connections_over_the_per_user_cap_close_with_4429(budget_server: LocalServer) -> None:
     server = budget_server
     alice, bob = account(server), account(server)

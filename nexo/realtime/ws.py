@@ -51,6 +51,7 @@ from nexo.realtime.protocol import (
     rate_limited_frame,
     synced_frame,
 )
+from nexo.realtime.replay import ReplayBudget
 from nexo.realtime.sessions import SessionWatch
 from nexo.realtime.transport import WebSocketTransport
 
@@ -135,6 +136,8 @@ def setup(app: NexoApp) -> None:
         hub.start()
         await hub.start_hint()
         app.ctx.ws_pending = Counter()
+        sync_rate = settings.ws_sync_rate
+        app.ctx.replay_budget = ReplayBudget(sync_rate.amount / sync_rate.window_seconds, sync_rate.amount)
         app.ctx.hub = hub
         app.ctx.broker = broker
         app.ctx.session_watch = SessionWatch(hub, accounts.live_sessions)
@@ -285,6 +288,7 @@ class Session:
         self.writer = ctx.message_writer
         self.recipients = ctx.recipients
         self.hub = ctx.hub
+        self.replay = ctx.replay_budget
         self.limiter = ctx.limiter
         self.identity = f"user:{conn.user_id}"
         inbox.handler = self.send_now
@@ -412,6 +416,11 @@ class Session:
         half = conn.outbox_limit // 2
         upto = since
         while True:
+            # The user's replay budget is shared by its connections: in debt, wait first.
+            while wait := self.replay.wait_seconds(conn.user_id):
+                await asyncio.sleep(wait)
+                if conn.ended:
+                    return
             rows = await service.history(conn.user_id, upto, SYNC_PAGE)
             replayed = 0
             for row in rows:
@@ -424,7 +433,9 @@ class Session:
                 upto = rows[-1].seq
             # A replay costs the connection's frame budget by its size (one frame a row and
             # one a KiB), so repeated syncs of a long history are paced like a frame flood.
-            pause = self.inbox.spend(len(rows) + replayed / SYNC_BYTES_PER_FRAME)
+            cost = len(rows) + replayed / SYNC_BYTES_PER_FRAME
+            self.replay.spend(conn.user_id, cost)
+            pause = self.inbox.spend(cost)
             if len(rows) < SYNC_PAGE:
                 break
             await conn.drained()
