@@ -10,6 +10,7 @@ into request tasks, so :func:`init_db` always enables the global fallback
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -195,9 +196,16 @@ _PLACEHOLDER = re.compile(r"\?")
 
 
 def placeholders(query: str, dialect_name: str | None = None) -> str:
-    """Write hand-made SQL with ``?`` placeholders; PostgreSQL gets ``$1, $2, ...``."""
+    """The one placeholder style of hand-written SQL: write ``?`` (one per value, in order);
+    SQLite runs it as is, PostgreSQL gets ``$1, $2, ...``. Only SQL that exists for
+    PostgreSQL alone (``unnest``, advisory locks) writes ``$n`` itself."""
     if (dialect_name or dialect()) != "postgres":
         return query
+    return _numbered(query)
+
+
+@functools.lru_cache(maxsize=512)
+def _numbered(query: str) -> str:
     counter = iter(range(1, 1_000_000))
     return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", query)
 
@@ -205,6 +213,36 @@ def placeholders(query: str, dialect_name: str | None = None) -> str:
 def sql_for(query: str, conn: BaseDBAsyncClient) -> str:
     """:func:`placeholders` for the dialect of ``conn`` (a connection or a transaction)."""
     return placeholders(query, conn.capabilities.dialect)
+
+
+async def read_one_moment(conn: BaseDBAsyncClient) -> None:
+    """Make the transaction ``conn`` read every table as of one moment. PostgreSQL needs
+    REPEATABLE READ for it; a SQLite transaction in WAL mode reads one snapshot already."""
+    if conn.capabilities.dialect == "postgres":
+        await conn.execute_script("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+
+async def empty_tables(conn: BaseDBAsyncClient, tables: Sequence[str]) -> None:
+    """Delete every row of ``tables`` (parents before children) inside the transaction ``conn``."""
+    if conn.capabilities.dialect == "postgres":
+        await conn.execute_script("TRUNCATE " + ", ".join(f'"{table}"' for table in tables))
+        return
+    await conn.execute_script("PRAGMA defer_foreign_keys = ON")
+    for table in reversed(tables):
+        await conn.execute_script(f'DELETE FROM "{table}"')
+
+
+async def insert_rows(
+    conn: BaseDBAsyncClient, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Insert ``rows`` (database values, one per column) as they are: no ORM default or
+    ``auto_now`` touches them."""
+    if not rows:
+        return
+    names = ", ".join(f'"{column}"' for column in columns)
+    marks = ", ".join("?" * len(columns))
+    query = sql_for(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', conn)
+    await conn.execute_many(query, [list(row) for row in rows])
 
 
 async def push_schema() -> int:

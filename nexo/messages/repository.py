@@ -3,7 +3,8 @@
 The hot path (:func:`insert_batch`) is raw SQL on ``nexo.db.connection()``:
 one multi-row ``INSERT ... ON CONFLICT (message_id) DO NOTHING RETURNING``
 per group commit. Exactly-once comes from the unique constraint on
-``message_id``, never from a check before the insert (STYLE.md habit 3).
+``message_id``, never from a check before the insert (a check-then-insert
+races with a concurrent retry of the same message).
 """
 
 from __future__ import annotations
@@ -44,22 +45,10 @@ class StoredMessage(NamedTuple):
     recipient: str | None = None
 
 
-def _ph(dialect: str, n: int) -> str:
-    """Numbered placeholder ``n`` (1-based): ``$n`` on PostgreSQL, ``?n`` on SQLite (reusable)."""
-    return f"${n}" if dialect == "postgres" else f"?{n}"
-
-
-def _params(dialect: str, count: int, start: int = 1) -> list[str]:
-    return [_ph(dialect, start + i) for i in range(count)]
-
-
-def _values_groups(dialect: str, rows: int, columns: int) -> str:
-    if dialect == "postgres":
-        return ",".join(
-            "(" + ",".join(f"${r * columns + c + 1}" for c in range(columns)) + ")" for r in range(rows)
-        )
-    one = "(" + ",".join("?" * columns) + ")"
-    return ",".join([one] * rows)
+async def _rows(sql: str, values: Sequence[Any]) -> list[dict[str, Any]]:
+    """Run ``sql``, written with ``?`` placeholders (:func:`nexo.db.sql_for`), on the default connection."""
+    conn = db.connection()
+    return await conn.execute_query_dict(db.sql_for(sql, conn), list(values))
 
 
 async def insert_batch(rows: Sequence[NewMessage]) -> dict[str, int]:
@@ -73,9 +62,8 @@ async def insert_batch(rows: Sequence[NewMessage]) -> dict[str, int]:
     """
     if not rows:
         return {}
-    dialect = db.dialect()
     inserted: dict[str, int] = {}
-    if dialect == "postgres":
+    if db.dialect() == "postgres":
         # One statement, one round trip, its own transaction: the CTE takes the
         # advisory lock before the INSERT draws any seq (volatile CTEs are not
         # inlined and run before their first row), and holds it until commit.
@@ -94,11 +82,11 @@ async def insert_batch(rows: Sequence[NewMessage]) -> dict[str, int]:
     chunks = [rows[i : i + MAX_ROWS_PER_STATEMENT] for i in range(0, len(rows), MAX_ROWS_PER_STATEMENT)]
     if len(chunks) == 1:
         # One statement is its own transaction in SQLite's autocommit mode.
-        await _insert_chunk(db.connection(), dialect, chunks[0], inserted)
+        await _insert_chunk(db.connection(), chunks[0], inserted)
     else:
         async with in_transaction() as conn:
             for chunk in chunks:
-                await _insert_chunk(conn, dialect, chunk, inserted)
+                await _insert_chunk(conn, chunk, inserted)
     return inserted
 
 
@@ -120,17 +108,18 @@ _PG_INSERT = (
 )
 
 
-async def _insert_chunk(conn: Any, dialect: str, chunk: Sequence[NewMessage], out: dict[str, int]) -> None:
+async def _insert_chunk(conn: Any, chunk: Sequence[NewMessage], out: dict[str, int]) -> None:
+    """SQLite's multi-row INSERT of one chunk (PostgreSQL inserts with :data:`_PG_INSERT`)."""
     values: list[Any] = []
     for row in chunk:
         values += (row.message_id, row.sender_id, row.recipient_id, row.body, row.server_ts)
     sql = (
         "INSERT INTO messages (message_id, sender_id, recipient_id, body, server_ts) VALUES "
-        + _values_groups(dialect, len(chunk), 5)
+        + ",".join(["(?,?,?,?,?)"] * len(chunk))
         + " ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id"
     )
     # execute_query_dict, not execute_query: Tortoise's asyncpg client drops RETURNING rows of an INSERT.
-    result = await conn.execute_query_dict(sql, values)
+    result = await conn.execute_query_dict(db.sql_for(sql, conn), values)
     for record in result:
         out[record["message_id"]] = int(record["id"])
 
@@ -160,41 +149,36 @@ async def get_by_message_ids(message_ids: Sequence[str]) -> dict[str, StoredMess
     """Stored rows for these ids (committed ones), keyed by ``message_id``."""
     if not message_ids:
         return {}
-    dialect = db.dialect()
-    marks = ",".join(_params(dialect, len(message_ids)))
-    sql = f"SELECT {_COLUMNS} FROM messages m WHERE m.message_id IN ({marks})"
-    rows = await db.connection().execute_query_dict(sql, list(message_ids))
+    marks = ",".join("?" * len(message_ids))
+    rows = await _rows(f"SELECT {_COLUMNS} FROM messages m WHERE m.message_id IN ({marks})", message_ids)
     return {row["message_id"]: _stored(row) for row in rows}
 
 
 async def get_for_party(message_id: str, user_id: int) -> StoredMessage | None:
     """The message if ``user_id`` sent or received it, else ``None``."""
-    p = _params(db.dialect(), 2)
-    sql = f"{_WITH_NAMES} WHERE m.message_id = {p[0]} AND (m.sender_id = {p[1]} OR m.recipient_id = {p[1]})"
-    rows = await db.connection().execute_query_dict(sql, [message_id, user_id])
+    sql = f"{_WITH_NAMES} WHERE m.message_id = ? AND (m.sender_id = ? OR m.recipient_id = ?)"
+    rows = await _rows(sql, [message_id, user_id, user_id])
     return _stored(rows[0]) if rows else None
 
 
 async def list_for_user(user_id: int, since: int, limit: int) -> list[StoredMessage]:
     """The user's messages (sent and received) with ``seq > since``, ascending, at most ``limit``."""
-    p = _params(db.dialect(), 3)
     # Two index range scans, (recipient_id, id) and (sender_id, id), merged.
     sql = (
         f"{_WITH_NAMES} WHERE m.id IN ("
-        f"SELECT id FROM (SELECT id FROM messages WHERE recipient_id = {p[0]} AND id > {p[1]} "
-        f"ORDER BY id LIMIT {p[2]}) a UNION ALL "
-        f"SELECT id FROM (SELECT id FROM messages WHERE sender_id = {p[0]} AND id > {p[1]} "
-        f"ORDER BY id LIMIT {p[2]}) b) ORDER BY m.id LIMIT {p[2]}"
+        "SELECT id FROM (SELECT id FROM messages WHERE recipient_id = ? AND id > ? "
+        "ORDER BY id LIMIT ?) a UNION ALL "
+        "SELECT id FROM (SELECT id FROM messages WHERE sender_id = ? AND id > ? "
+        "ORDER BY id LIMIT ?) b) ORDER BY m.id LIMIT ?"
     )
-    rows = await db.connection().execute_query_dict(sql, [user_id, since, limit])
+    rows = await _rows(sql, [user_id, since, limit, user_id, since, limit, limit])
     return [_stored(row) for row in rows]
 
 
 async def list_received(user_id: int, since: int, limit: int) -> list[StoredMessage]:
     """Messages received by ``user_id`` with ``seq > since``, ascending (for push after a signal)."""
-    p = _params(db.dialect(), 3)
-    sql = f"{_WITH_NAMES} WHERE m.recipient_id = {p[0]} AND m.id > {p[1]} ORDER BY m.id LIMIT {p[2]}"
-    rows = await db.connection().execute_query_dict(sql, [user_id, since, limit])
+    sql = f"{_WITH_NAMES} WHERE m.recipient_id = ? AND m.id > ? ORDER BY m.id LIMIT ?"
+    rows = await _rows(sql, [user_id, since, limit])
     return [_stored(row) for row in rows]
 
 
@@ -206,27 +190,24 @@ async def max_seq() -> int:
 
 async def mark_delivered(message_id: str, recipient_id: int, when_ms: int) -> bool:
     """Set ``delivered_at`` once (the first time wins); False if no such message for this recipient."""
-    p = _params(db.dialect(), 3)
     sql = (
-        f"UPDATE messages SET delivered_at = COALESCE(delivered_at, {p[0]}) "
-        f"WHERE message_id = {p[1]} AND recipient_id = {p[2]}"
+        "UPDATE messages SET delivered_at = COALESCE(delivered_at, ?) "
+        "WHERE message_id = ? AND recipient_id = ?"
     )
-    count, _ = await db.connection().execute_query(sql, [when_ms, message_id, recipient_id])
+    conn = db.connection()
+    count, _ = await conn.execute_query(db.sql_for(sql, conn), [when_ms, message_id, recipient_id])
     return count > 0
 
 
 async def find_user_id(username: str) -> int | None:
     """The id of the user with this (lowercased) username, or ``None``."""
-    p = _ph(db.dialect(), 1)
-    rows = await db.connection().execute_query_dict(f"SELECT id FROM users WHERE username = {p}", [username])
+    rows = await _rows("SELECT id FROM users WHERE username = ?", [username])
     return int(rows[0]["id"]) if rows else None
 
 
 async def recipients_between(after: int, upto: int) -> list[tuple[int, int]]:
     """(seq, recipient_id) of every message with ``after < seq <= upto`` (a primary-key range)."""
-    p = _params(db.dialect(), 2)
-    sql = f"SELECT id, recipient_id FROM messages WHERE id > {p[0]} AND id <= {p[1]}"
-    rows = await db.connection().execute_query_dict(sql, [after, upto])
+    rows = await _rows("SELECT id, recipient_id FROM messages WHERE id > ? AND id <= ?", [after, upto])
     return [(int(row["id"]), int(row["recipient_id"])) for row in rows]
 
 

@@ -47,7 +47,16 @@ from tortoise.transactions import in_transaction
 
 from nexo import filemodes, ids
 from nexo.config import Settings
-from nexo.db import SCHEMA_VERSION, close_db, connection, dialect, init_db
+from nexo.db import (
+    SCHEMA_VERSION,
+    close_db,
+    connection,
+    dialect,
+    empty_tables,
+    init_db,
+    insert_rows,
+    read_one_moment,
+)
 
 FORMAT = "nexo-export"
 FORMAT_VERSION = 1
@@ -178,8 +187,7 @@ async def read_rows(info: TableInfo, conn: BaseDBAsyncClient) -> AsyncIterator[l
 async def snapshot() -> AsyncIterator[BaseDBAsyncClient]:
     """One read transaction: every table is read as of the same moment."""
     async with in_transaction() as conn:
-        if dialect() == "postgres":
-            await conn.execute_script("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        await read_one_moment(conn)
         yield conn
 
 
@@ -357,24 +365,21 @@ def _check_empty(counts: dict[str, int]) -> list[str]:
     return busy
 
 
-async def _clear(infos: list[TableInfo], conn: BaseDBAsyncClient) -> None:
-    if dialect() == "postgres":
-        names = ", ".join(f'"{info.table}"' for info in infos)
-        await conn.execute_script(f"TRUNCATE {names}")
-    else:
-        await conn.execute_script("PRAGMA defer_foreign_keys = ON")
-        for info in reversed(infos):
-            await conn.execute_script(f'DELETE FROM "{info.table}"')
-
-
 async def _insert(info: TableInfo, rows: list[dict[str, Any]], conn: BaseDBAsyncClient) -> None:
+    """Write the rows with the exported values, timestamps included: the field's database
+    value is taken for the model class, not an instance, so ``auto_now`` never applies."""
     fields_map = info.model._meta.fields_map
     by_column = {column: name for name, column in info.columns.items()}
-    objects = []
+    groups: dict[tuple[str, ...], list[list[Any]]] = {}
     for row in rows:
-        values = {by_column[c]: from_portable(fields_map[by_column[c]], v) for c, v in row.items()}
-        objects.append(info.model(**values))
-    await info.model.bulk_create(objects, using_db=conn)
+        values = []
+        for column, value in row.items():
+            field_obj = fields_map[by_column[column]]
+            python = field_obj.to_python_value(from_portable(field_obj, value))
+            values.append(field_obj.to_db_value(python, info.model))
+        groups.setdefault(tuple(row), []).append(values)
+    for columns, values_lists in groups.items():
+        await insert_rows(conn, info.table, columns, values_lists)
 
 
 async def import_database(path: Path, header: dict[str, Any], force: bool, progress: Progress) -> None:
@@ -392,46 +397,38 @@ async def import_database(path: Path, header: dict[str, Any], force: bool, progr
             raise TransferError(f"the export holds table {table!r}, unknown to this Nexo")
         if sorted(info.columns.values()) != meta["columns"]:
             raise TransferError(f"table {table!r} has other columns here than in the export")
-    # Never let auto_now overwrite the exported timestamps.
-    auto_now = [f for i in infos for f in i.model._meta.fields_map.values() if getattr(f, "auto_now", False)]
-    for field_obj in auto_now:
-        field_obj.auto_now = False  # type: ignore[attr-defined]
-    try:
-        async with in_transaction() as conn:
-            busy = _check_empty(await _row_counts(infos, conn))
-            if busy and not force:
-                raise TransferError(
-                    "the target database is not empty (" + ", ".join(busy) + "): import into a fresh "
-                    "database (`nexo db push` on an empty one), or pass --force to replace its contents"
-                )
-            await _clear(infos, conn)
-            _, rows = read_export(path)
-            pending: list[dict[str, Any]] = []
-            current: str | None = None
-            done = 0
-            for table, row in rows:
-                if table != current:
-                    if current is not None:
-                        await _insert(by_table[current], pending, conn)
-                        progress.done(current, done + len(pending))
-                    current, pending, done = table, [], 0
-                pending.append(row)
-                if len(pending) >= BATCH:
-                    await _insert(by_table[table], pending, conn)
-                    done += len(pending)
-                    pending = []
-                    progress.update(table, done, exported[table]["rows"])
-            if current is not None:
-                await _insert(by_table[current], pending, conn)
-                progress.done(current, done + len(pending))
-            # New ids continue after every id the source ever handed out, deleted or not.
-            await ids.raise_sequences(conn, _id_floors(header))
-            problems = await _verify_database(infos, exported, conn)
-            if problems:
-                raise TransferError("imported data differs from the export: " + "; ".join(problems))
-    finally:
-        for field_obj in auto_now:
-            field_obj.auto_now = True  # type: ignore[attr-defined]
+    async with in_transaction() as conn:
+        busy = _check_empty(await _row_counts(infos, conn))
+        if busy and not force:
+            raise TransferError(
+                "the target database is not empty (" + ", ".join(busy) + "): import into a fresh "
+                "database (`nexo db push` on an empty one), or pass --force to replace its contents"
+            )
+        await empty_tables(conn, [info.table for info in infos])
+        _, rows = read_export(path)
+        pending: list[dict[str, Any]] = []
+        current: str | None = None
+        done = 0
+        for table, row in rows:
+            if table != current:
+                if current is not None:
+                    await _insert(by_table[current], pending, conn)
+                    progress.done(current, done + len(pending))
+                current, pending, done = table, [], 0
+            pending.append(row)
+            if len(pending) >= BATCH:
+                await _insert(by_table[table], pending, conn)
+                done += len(pending)
+                pending = []
+                progress.update(table, done, exported[table]["rows"])
+        if current is not None:
+            await _insert(by_table[current], pending, conn)
+            progress.done(current, done + len(pending))
+        # New ids continue after every id the source ever handed out, deleted or not.
+        await ids.raise_sequences(conn, _id_floors(header))
+        problems = await _verify_database(infos, exported, conn)
+        if problems:
+            raise TransferError("imported data differs from the export: " + "; ".join(problems))
 
 
 def _id_floors(header: dict[str, Any]) -> dict[str, int]:
