@@ -44,7 +44,7 @@ def test_refresh_gives_a_working_pair_and_reuse_is_refused(target: Target, accou
     reuse = _refresh(target, account.refresh_token)
     assert reuse.status_code == 401, f"reusing a spent refresh token -> {reuse.status_code}, expected 401"
     assert "error" in reuse.json(), "errors are JSON {'error': {...}}"
-    # DESIGN.md: reuse of a dead refresh token revokes its whole family.
+    # docs/auth.md "Tokens": reuse of a dead refresh token revokes its whole family.
     family = _refresh(target, pair["refresh_token"])
     assert family.status_code == 401, (
         f"after reuse, the newer refresh token of the same family -> {family.status_code}, expected 401"

@@ -1,4 +1,4 @@
-"""Bad input never answers 5xx (DESIGN.md: errors are JSON with a fitting status; docs/security.md).
+"""Bad input never answers 5xx (docs/api.md "Errors": JSON with a fitting status; docs/security.md).
 
 Numbers that do not fit 64 bits, a username far over its length, a token
 whose bytes are not text: each is the client's mistake, so each gets a 4xx

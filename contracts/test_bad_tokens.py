@@ -1,6 +1,6 @@
 """Runbook "WebSocket 4401 Unauthorized", on every surface: a bad token gets 401 over HTTP and 4401 on /ws.
 
-DESIGN.md: an authenticated HTTP endpoint (``GET /api/me``) answers 401 with
+docs/auth.md: an authenticated HTTP endpoint (``GET /api/me``) answers 401 with
 ``WWW-Authenticate: Bearer`` and ``{"error": {"code", "message"}}``; ``/ws``
 accepts the upgrade, then closes with 4401 and a reason, whether the token
 came in the header or in a first ``auth`` frame. The same kinds of bad token
@@ -28,7 +28,7 @@ from contracts.conftest import Accounts, Figure, Target
 from contracts.tokens import SECRET_ENV, alg_none, tamper_claims, tamper_signature
 from contracts.wire import CLOSE_UNAUTHORIZED, bearer, close_of, frame, open_ws
 
-#: The server waits this long for a first-frame ``auth`` before closing (DESIGN.md: 5 s).
+#: The server waits this long for a first-frame ``auth`` before closing (docs/messaging.md: 5 s).
 AUTH_FRAME_WINDOW = 5.0
 SURFACES = ["http", "ws-header", "ws-first-frame"]
 

@@ -1,6 +1,6 @@
 """Runbook "WebSocket Duplicate Messages": a message is stored once, however often it is sent.
 
-DESIGN.md: every retry of a ``message_id`` (same connection, after reconnect,
+docs/messaging.md "Guarantees": every retry of a ``message_id`` (same connection, after reconnect,
 concurrently on several connections, over HTTP) gets an ack with the original
 ``seq`` and ``"duplicate": true``; the API shows one stored message; the
 recipient receives it once; the same id with another body or from another

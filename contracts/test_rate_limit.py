@@ -1,6 +1,6 @@
 """Runbook "Rate limiting working (100 req/min)": 100 requests pass, the 101st gets 429 with Retry-After.
 
-DESIGN.md: the budget is per client (the user when the request carries a valid
+docs/ratelimit.md: the budget is per client (the user when the request carries a valid
 token), so a fresh user measures it without touching anyone else's budget.
 Destructive: it spends that user's minute, and the user can only be deleted
 after the window, so against a URL it needs ``--allow-destructive``.
@@ -73,4 +73,4 @@ def test_the_request_after_the_budget_gets_429_with_retry_after(
     )
     assert extra.headers.get("x-ratelimit-remaining") == "0", "the limited response must say 0 remaining"
     for name in ("ratelimit-policy", "ratelimit", "x-ratelimit-reset"):
-        assert extra.headers.get(name), f"the 429 lacks the {name} header (DESIGN.md)"
+        assert extra.headers.get(name), f"the 429 lacks the {name} header (docs/ratelimit.md)"

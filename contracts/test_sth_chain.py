@@ -9,7 +9,7 @@ early tree and a middle one against the latest), on a fresh log and on a long
 one alike. Every new STH's index steps by one from its predecessor, links to
 its ``sth_hash`` and verifies with the key published at ``/api/log/key``;
 ``sth_count`` in health grows. All checking is done by ``contracts.verify``
-(DESIGN.md + RFC 9162), never by the server's own code.
+(docs/transparency.md + RFC 9162), never by the server's own code.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _entry(target: Target, client: httpx.Client, index: int) -> bytes:
 
 
 def _audit_path(proof: Any, index: int, tree_size: int) -> list[bytes]:
-    # DESIGN.md leaves the shape open: the audit path itself, or the proof endpoint's object.
+    # docs/transparency.md leaves the shape open: the audit path itself, or the proof endpoint's object.
     if isinstance(proof, dict):
         assert int(proof.get("leaf_index", index)) == index, "inclusion proof for another leaf"
         assert int(proof.get("tree_size", tree_size)) == tree_size, "proof and STH sizes differ"
@@ -282,7 +282,7 @@ def test_consistency_proofs_verify_between_trees_of_different_sizes(
 def test_checkpoint_is_a_signed_note_of_an_sth(
     target: Target, client: httpx.Client, registration: dict[str, Any], log_key: dict[str, Any]
 ) -> None:
-    """DESIGN.md: ``/api/log/checkpoint`` serves an STH's signed bytes as a C2SP signed note."""
+    """docs/transparency.md: ``/api/log/checkpoint`` serves an STH's signed bytes as a C2SP signed note."""
     response = client.get(target.url("/api/log/checkpoint"))
     assert response.status_code == 200, f"GET /api/log/checkpoint -> {response.status_code}"
     assert response.headers.get("content-type", "").startswith("text/plain"), response.headers.get(

@@ -1,4 +1,5 @@
-"""Promise: the checkpoint is cosigned by the configured quorum of witnesses (issue 17).
+"""Promise: the checkpoint is cosigned by the configured quorum of witnesses
+(docs/transparency.md "Witnesses").
 
 The target publishes its witnesses at ``GET /api/log/witnesses``
 (``{"quorum", "witnesses": [{"name", "vkey", "url"}]}``); a target with none is

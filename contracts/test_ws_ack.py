@@ -1,6 +1,6 @@
 """Runbook "Check ACK mechanism": the server sends an ACK for each message.
 
-DESIGN.md: ``ack`` carries ``message_id``, ``seq``, ``server_ts`` and
+docs/messaging.md "Frames": ``ack`` carries ``message_id``, ``seq``, ``server_ts`` and
 ``duplicate``, and is sent only after the message is durably committed, so
 the message is readable through the API as soon as its ack arrives.
 """

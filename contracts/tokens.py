@@ -3,7 +3,7 @@
 Without the server's secret the suite can only make tokens that fail for
 their shape or signature (garbage, a tampered signature, ``alg: none``, a
 refresh token). With it (``NEXO_CONTRACTS_JWT_SECRET``, or the secret of a
-server the suite started) it signs tokens exactly as DESIGN.md describes
+server the suite started) it signs tokens exactly as docs/auth.md "Tokens" describes
 them (HS256, ``kid`` = 8 bytes of SHA-256 of the secret, base64url), so a
 token it minted expired, from another issuer or with an unknown ``kid`` is
 refused for that reason and no other: a minted control token with the same
@@ -49,7 +49,7 @@ class Secret:
 
 
 def key_id(secret: str) -> str:
-    """DESIGN.md / docs/auth.md: ``kid`` is 8 bytes of the secret's SHA-256, base64url without padding."""
+    """docs/auth.md: ``kid`` is 8 bytes of the secret's SHA-256, base64url without padding."""
     return b64url_encode(hashlib.sha256(secret.encode()).digest()[:8])
 
 

@@ -1,6 +1,6 @@
 """An independent verifier of Nexo's transparency log, for the contract suite.
 
-Written from DESIGN.md ("Transparency log") and RFC 9162, not from the
+Written from docs/transparency.md and RFC 9162, not from the
 server's code, so a bug there cannot hide itself here. Pure functions over
 bytes; every check raises :class:`VerificationError` naming what is wrong.
 
@@ -161,7 +161,8 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
 
 
 def sth_signed_bytes(sth: Mapping[str, Any]) -> bytes:
-    """The checkpoint body with Nexo's three extension lines (DESIGN.md), each ending in LF."""
+    """The checkpoint body with Nexo's three extension lines, each ending in LF
+    (docs/transparency.md "The signed tree head")."""
     lines = [
         str(sth["origin"]),
         str(int(sth["tree_size"])),

@@ -20,7 +20,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-#: DESIGN.md: bad tokens are accepted, then closed with this code.
+#: docs/messaging.md "Connecting": bad tokens are accepted, then closed with this code.
 CLOSE_UNAUTHORIZED = 4401
 
 
@@ -38,7 +38,7 @@ async def open_ws(ws_url: str, token: str | None, timeout: float) -> ClientConne
     except InvalidStatus as exc:
         raise AssertionError(
             f"/ws refused the upgrade with HTTP {exc.response.status_code}; "
-            "DESIGN.md: accept the upgrade, then close with 4401"
+            "docs/messaging.md: accept the upgrade, then close with 4401"
         ) from None
 
 

@@ -1,7 +1,14 @@
-"""Settings: one frozen object built from the environment (DESIGN.md "Configuration").
+"""Settings: one frozen object built from the environment (README.md "Configuration").
 
-Every value is validated here, once, with a message an operator can act on.
-Nothing else in Nexo reads ``os.environ``.
+Every value is validated here, once, with a message an operator can act on, and
+no other module reads a setting from ``os.environ``. The environment is also how
+a server's worker processes get their settings: ``nexo serve``/``nexo dev``
+write their command-line options, ``NEXO_DEV`` and prometheus_client's
+``PROMETHEUS_MULTIPROC_DIR`` into it (``nexo/cli.py``); each worker's
+``create_app`` reads ``NEXO_DEV`` to call :meth:`Settings.from_env` in dev mode
+(``nexo/app.py``), ``nexo/metrics.py`` checks ``PROMETHEUS_MULTIPROC_DIR`` to
+sum the workers' metrics, and offline commands pass a copy of the environment
+to :meth:`Settings.from_env` (``nexo/transparency/commands.py``).
 """
 
 from __future__ import annotations

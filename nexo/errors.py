@@ -1,4 +1,4 @@
-"""One error tree and the one handler that renders it (DESIGN.md "HTTP API").
+"""One error tree and the one handler that renders it (docs/api.md "Errors").
 
 Code raises :class:`NexoError` subclasses; :func:`render` turns those, Sanic's
 own exceptions and anything unexpected into

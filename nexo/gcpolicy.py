@@ -4,7 +4,7 @@ CPython starts a young-generation collection whenever the container objects
 allocated minus those freed pass 700. The relay keeps a few small objects per
 message alive until its group commit ends (the parsed frame, the queued message,
 its ack callback), so under load that count passed 700 many times per batch: in
-issue 4's 100 x 32 benchmark about a hundred young collections a second, whose
+the 100 x 32 messaging benchmark (docs/BENCHMARKS.md) about a hundred young collections a second, whose
 survivors made a full collection (100,000 objects, about 120 ms with the event
 loop stopped) every second or two; about 12 % of the CPU went to the collector.
 

@@ -1,4 +1,4 @@
-"""Rate limiting (DESIGN.md "Rate limiting"; docs/ratelimit.md).
+"""Rate limiting (docs/ratelimit.md).
 
 Algorithm: a **moving window** (a log of hit timestamps per key): at most
 ``amount`` hits are counted in *any* interval of ``window_seconds``, so no
@@ -15,10 +15,11 @@ When Redis fails, the limiter keeps serving from per-process storage, logs an
 error, counts ``nexo_ratelimit_storage_errors_total`` and retries Redis after
 ``REDIS_RETRY_SECONDS``.
 
-The request middleware runs before any handler, so a refused request has no
-side effect. Identity is the user id of a valid access token, else the client
-address (``X-Forwarded-For`` only with ``NEXO_TRUSTED_PROXIES`` > 0, RFC 7239
-``Forwarded`` only with ``NEXO_FORWARDED_SECRET``: Sanic's proxy settings).
+The request middleware (:func:`limit_request`, installed by :func:`setup`) runs
+before any handler, so a refused request has no side effect. Identity is the user
+id of a valid access token, else the client address (``X-Forwarded-For`` only
+with ``NEXO_TRUSTED_PROXIES`` > 0, RFC 7239 ``Forwarded`` only with
+``NEXO_FORWARDED_SECRET``: Sanic's proxy settings).
 """
 
 from __future__ import annotations

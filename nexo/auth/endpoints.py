@@ -1,4 +1,4 @@
-"""HTTP endpoints of accounts and sessions (DESIGN.md "HTTP API"). Thin: validate, call, serialize."""
+"""HTTP endpoints of accounts and sessions (docs/auth.md). Thin: validate, call, serialize."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Access tokens: HS256 JWTs with a ``kid`` naming the secret (DESIGN.md "Configuration").
+"""Access tokens: HS256 JWTs with a ``kid`` naming the secret (docs/auth.md "Tokens").
 
 New tokens are always signed with ``JWT_SECRET``; ``JWT_PREVIOUS_SECRETS`` stay
 valid for verification during a rotation. The ``kid`` header selects the key;

@@ -1,4 +1,7 @@
-"""HTTP endpoints of the devices feature (DESIGN.md "HTTP API"). Thin: validate, call, serialize."""
+"""HTTP endpoints of the devices feature (docs/transparency.md "Devices API").
+
+Thin: validate, call, serialize.
+"""
 
 from __future__ import annotations
 

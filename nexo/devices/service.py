@@ -1,7 +1,7 @@
 """Device keys through the transparency log.
 
 Each registration and revocation is one leaf: the UTF-8 JSON of the event
-with sorted keys and no spaces (DESIGN.md "Transparency log")::
+with sorted keys and no spaces (docs/transparency.md "The leaf")::
 
     {"action","device_id","key_type","public_key","timestamp_ms","user_id","username"}
 

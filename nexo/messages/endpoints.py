@@ -1,4 +1,4 @@
-"""HTTP endpoints of the messages feature (DESIGN.md "HTTP API"). Thin: validate, call, serialize."""
+"""HTTP endpoints of the messages feature (docs/messaging.md "HTTP"). Thin: validate, call, serialize."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Tortoise models of the messages feature.
 
 The table is ``messages`` with a unique ``message_id`` column, as the runbook's
-duplicate query expects (RUNBOOK.md "WebSocket Duplicate Messages"). The
+duplicate query expects (docs/troubleshooting.md "Duplicate messages"). The
 primary key ``id`` is the server ``seq``: assigned at insert, increasing, and
 the sync cursor. Times are unix milliseconds.
 """

@@ -1,6 +1,6 @@
 """Messages: exactly-once storage through a group-commit writer, history, delivery marks.
 
-Group commit (issue 4 "Benchmark"): every ``send`` of every connection of this
+Group commit (docs/messaging.md "How sends are stored"): every ``send`` of every connection of this
 process goes into one queue. A single writer task takes *everything* waiting,
 commits it with one multi-row INSERT, then answers each sender — so the
 next batch starts the moment the previous commit ends (no timer), and a
@@ -8,7 +8,7 @@ lone message takes the plain one-row path at once. An answer (``ack``) is
 given only after the commit returns and the commit listener's push signal
 to other processes is published (so no ack outruns the signal).
 
-Failure isolation (issue 14): a batch the database refuses is split in
+Failure isolation: a batch the database refuses is split in
 halves and each half committed on its own, recursively, so a row only the
 database objects to (a constraint, an encoding) fails alone and every other
 message of the batch is stored and acked; a batch is split at most
@@ -491,7 +491,7 @@ async def received_after(cursors: dict[int, int]) -> dict[int, tuple[int, int]]:
 
 
 def message_json(message: StoredMessage | Delivery) -> dict[str, object]:
-    """The wire form of a message (DESIGN.md), without ``type``."""
+    """The wire form of a message (docs/messaging.md "Frames"), without ``type``."""
     return {
         "message_id": message.message_id,
         "from": message.sender,

@@ -144,7 +144,7 @@ class Doctor:
         return Check("", True, f"latest index {index} = sth_count - 1, {age} s old; audit clean")
 
     async def witnesses(self) -> Check:
-        """Each configured witness's latest cosigned STH, failures and last error (issue 17)."""
+        """Each configured witness's latest cosigned STH, failures and last error."""
         if self.settings is None:
             return Check("", False, self.settings_error or "settings not loaded")
         configured = self.settings.witnesses

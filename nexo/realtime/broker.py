@@ -1,4 +1,4 @@
-"""Cross-process signal "new messages for user X" (issue 4 requirement 9).
+"""Cross-process signal "new messages for user X" (a recipient on another worker or instance).
 
 The signal carries user ids only; the database is the truth and a missed
 signal is repaired by the hub's periodic sweep (``hub.py``), by a full

@@ -1,4 +1,4 @@
-"""WebSocket ``/ws`` wire protocol (DESIGN.md "WebSocket /ws"): frames, codes, parsing.
+"""WebSocket ``/ws`` wire protocol (docs/messaging.md "Frames", "Error codes"): frames, codes, parsing.
 
 Pure: no I/O. :func:`parse_frame` turns one text frame into a typed frame or
 raises :class:`FrameError` carrying a stable :class:`WsError` code, so the
@@ -42,7 +42,7 @@ class ServerFrame(StrEnum):
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes Nexo uses (RFC 6455 §7.4 and DESIGN.md)."""
+    """WebSocket close codes Nexo uses (RFC 6455 §7.4 and docs/messaging.md "Error codes")."""
 
     NORMAL = 1000
     GOING_AWAY = 1001

@@ -1,4 +1,4 @@
-"""The WebSocket endpoint ``/ws`` (DESIGN.md "WebSocket /ws"): the reader loop.
+"""The WebSocket endpoint ``/ws`` (docs/messaging.md): the reader loop.
 
 One task per connection reads frames (only it calls ``recv()``); everything
 outgoing goes through the connection's outbox (``hub.Connection``). A ``send``

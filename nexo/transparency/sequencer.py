@@ -1,6 +1,6 @@
 """The sequencer: queued leaves become one new signed tree head per batch.
 
-Cadence (issue 17): at most one STH per ``interval`` seconds
+Cadence: at most one STH per ``interval`` seconds
 (``NEXO_STH_INTERVAL``). Entries wait in a queue while a commit runs or until
 the latest STH is ``interval`` old; then everything queued goes into the next
 transaction. A registration that finds the log quiet (latest STH older than
@@ -25,7 +25,7 @@ one. Each batch's transaction:
 
 A transaction the database refuses (a row only it objects to) is retried in
 halves, recursively, so one bad entry fails alone and the others of its batch
-are still sequenced (issue 14); at most :data:`MAX_ISOLATION_COMMITS` extra
+are still sequenced; at most :data:`MAX_ISOLATION_COMMITS` extra
 transactions per batch, and none when the database is unreachable. Only the
 transaction is retried: once it has committed, its leaves are never appended
 again.

@@ -1,6 +1,6 @@
 """Signed tree heads: signed bytes, Ed25519 signing and verifying, ``sth_hash``. Pure: no I/O.
 
-DESIGN.md "Transparency log" fixes the bytes. The signed bytes are the C2SP
+docs/transparency.md "The signed tree head" fixes the bytes. The signed bytes are the C2SP
 checkpoint text with three extension lines, each line ending in ``\\n``::
 
     <origin>
@@ -75,7 +75,7 @@ class TreeHead:
     prev_sth_hash: bytes
 
     def signed_bytes(self) -> bytes:
-        """The exact bytes the log signs (DESIGN.md "Transparency log")."""
+        """The exact bytes the log signs (docs/transparency.md "The signed tree head")."""
         if "\n" in self.origin or not self.origin:
             raise STHError("the origin must be one non-empty line")
         return (
@@ -118,7 +118,7 @@ class SignedTreeHead:
         return sth_hash(self.head, self.signature)
 
     def to_json(self) -> dict[str, Any]:
-        """The wire object of DESIGN.md (hashes and signature base64)."""
+        """The wire object of docs/transparency.md (hashes and signature base64)."""
         return {
             "index": self.index,
             "tree_size": self.tree_size,

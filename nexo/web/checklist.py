@@ -4,7 +4,7 @@ A :class:`Sample` is what :mod:`nexo.web.sampler` read at one moment: cumulative
 Prometheus counters (summed over workers) and the latest tree head. Each row of
 the checklist compares the newest sample with the one about a minute (or an
 hour) older, so every figure is a difference of the server's own counters, never
-a second count kept on the side. The remedies quote /work/shared/RUNBOOK.md.
+a second count kept on the side. The remedies are those of docs/troubleshooting.md.
 """
 
 from __future__ import annotations
