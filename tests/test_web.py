@@ -34,6 +34,8 @@ def test_console_data_requires_the_token(make_server: ServerFactory) -> None:
     keys = [r["key"] for r in doc["rows"]]
     assert keys == ["health", "duplicates", "websockets", "sth", "tokens", "ratelimit"]
     assert doc["sth"]["index"] == 0 and doc["registrations"] == []
+    assert doc["sth"]["cosigned"] == {"index": -1, "timestamp_ms": 0, "cosigners": [], "quorum": 0,
+                                      "witnesses": 0}  # no witnesses configured
     username = add_device(server.base_url)
     deadline = time.monotonic() + 30
     while not doc["registrations"]:  # the sampler reads every 2 s

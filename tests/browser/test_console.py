@@ -165,6 +165,10 @@ def test_witness_cosignatures_in_the_sth_row(page: Page, make_server: ServerFact
         checkpoint = httpx.get(f"{server.base_url}/api/log/checkpoint", timeout=10)
         served = int(checkpoint.headers["nexo-checkpoint-index"])
         expect(sth).to_contain_text(f"cosigned: STH #{served} ")
+        status = httpx.get(f"{server.base_url}/api/console/status", timeout=10,
+                           headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert status["sth"]["cosigned"]["cosigners"] == ["witness.test/w1"]
+        assert (status["sth"]["cosigned"]["quorum"], status["sth"]["cosigned"]["witnesses"]) == (1, 1)
         add_device(server.base_url)
         expect(page.locator("#registrations tbody tr")).to_have_count(1, timeout=WAIT_MS)
         screenshot(page, "console")
