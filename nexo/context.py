@@ -8,7 +8,7 @@ feature's ``setup`` adds what needs no server (``auth``: ``tokens``; ``web``:
 1. ``open_database`` (app.py): ``checkpointer``;
 2. ``health``: ``health``; ``ratelimit``: ``limiter``; ``auth``: ``auth``, ``auth_pruner``;
 3. ``transparency``: ``log_public_key``, ``sequencer``, ``witness_submitter``;
-4. ``messages``: ``message_writer``, ``recipients``;
+4. ``messages``: ``message_writer``, ``recipients``, ``message_sender``;
 5. ``realtime``: ``hub``, ``broker``, ``session_watch``, ``ws_pending``, ``replay_budget``;
 6. ``web``: ``console``;
 7. ``_link_features`` (app.py) links them (it adds no field).
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from nexo.checkpoint import Checkpointer
     from nexo.config import Settings
     from nexo.health import HealthMonitor
-    from nexo.messages.service import MessageWriter, RecipientCache
+    from nexo.messages.service import MessageSender, MessageWriter, RecipientCache
     from nexo.ratelimit import Limiter
     from nexo.realtime.broker import LocalBroker
     from nexo.realtime.hub import Hub
@@ -65,6 +65,8 @@ class AppContext:
     witness_submitter: WitnessSubmitter | None = field(init=False)
     message_writer: MessageWriter = field(init=False)
     recipients: RecipientCache = field(init=False)
+    #: The one way a message is sent (HTTP and WebSocket).
+    message_sender: MessageSender = field(init=False)
     hub: Hub = field(init=False)
     broker: LocalBroker = field(init=False)
     session_watch: SessionWatch = field(init=False)

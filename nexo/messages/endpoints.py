@@ -13,7 +13,7 @@ from nexo.auth.guard import authenticated
 from nexo.context import NexoApp, app_context
 from nexo.errors import NotFound, ValidationFailed
 from nexo.messages import service
-from nexo.messages.service import MessageWriter, RecipientCache, UnknownRecipient
+from nexo.messages.service import MessageSender, MessageWriter, RecipientCache, Sender
 from nexo.validation import INT64_MAX, Body, Query, parse_body, parse_query, path_parameter, query_parameters
 
 bp = Blueprint("messages", url_prefix="/api")
@@ -60,8 +60,10 @@ def setup(app: NexoApp) -> None:
     async def start_writer(app: NexoApp) -> None:
         writer = MessageWriter()
         writer.start()
+        recipients = RecipientCache()
         app.ctx.message_writer = writer
-        app.ctx.recipients = RecipientCache()
+        app.ctx.recipients = recipients
+        app.ctx.message_sender = MessageSender(writer, recipients, app.ctx.settings.message_body_max_bytes)
 
     @app.after_server_stop
     async def stop_writer(app: NexoApp) -> None:
@@ -89,18 +91,9 @@ def _message_id(value: str) -> str:
 async def send_message(request: Request) -> HTTPResponse:
     data = parse_body(request, SendBody)
     principal = request.ctx.principal
+    sender = Sender(principal.user_id, principal.username, principal.session_id)
     message_id = _message_id(data.message_id)
-    service.check_body(data.body, app_context(request).settings.message_body_max_bytes)
-    recipients: RecipientCache = app_context(request).recipients
-    recipient_id = await recipients.user_id(data.to)
-    if recipient_id is None:
-        raise UnknownRecipient()
-    writer: MessageWriter = app_context(request).message_writer
-    result = await writer.send(
-        service.new_message(message_id, principal.user_id, recipient_id, data.body, principal.session_id),
-        principal.username,
-        data.to.lower(),
-    )
+    result = await app_context(request).message_sender.send(sender, message_id, data.to, data.body)
     body = {
         "message_id": result.message_id,
         "seq": result.seq,

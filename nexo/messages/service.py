@@ -14,7 +14,7 @@ database objects to (a constraint, an encoding) fails alone and every other
 message of the batch is stored and acked; a batch is split at most
 :data:`MAX_ISOLATION_COMMITS` times, and never when the database is
 unreachable (every half would fail the same way). Input is validated before
-it is queued (:func:`check_body`, ``protocol.parse_frame``), so a client
+it is queued (:class:`MessageSender`, ``protocol.parse_frame``), so a client
 cannot normally reach this path.
 
 Exactly-once: ``message_id`` is unique in the database; the INSERT skips ids
@@ -197,20 +197,6 @@ class MessageWriter:
         self._queue.append(_Pending(message, sender, recipient, callback))
         self._idle.clear()
         self._wake.set()
-
-    async def send(self, message: NewMessage, sender: str, recipient: str) -> SendResult:
-        """Queue and wait: the outcome, or the error raised."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-
-        def done(outcome: Outcome) -> None:
-            if not future.done():
-                future.set_result(outcome)
-
-        self.submit(message, sender, recipient, done)
-        outcome = await future
-        if isinstance(outcome, NexoError):
-            raise outcome
-        return outcome
 
     async def drain(self) -> None:
         """Wait until every queued message is committed and answered."""
@@ -434,13 +420,70 @@ class RecipientCache:
         return None
 
 
-def check_body(body: str, limit: int) -> None:
-    """Refuse a body before it is queued: too large (413) or not storable text (422 ``invalid_body``)."""
+def check_body_size(body: str, limit: int) -> None:
+    """Refuse a body of more than ``limit`` UTF-8 bytes (413 ``body_too_large``)."""
     if len(body) * 4 > limit and len(body.encode(errors="surrogatepass")) > limit:
         raise BodyTooLarge(f"body is over the limit of {limit} bytes")
+
+
+def check_body_text(body: str) -> None:
+    """Refuse a body that is not storable text (422 ``invalid_body``)."""
     problem = body_problem(body)
     if problem is not None:
         raise InvalidBody(problem)
+
+
+def check_body(body: str, limit: int) -> None:
+    """Refuse a body before it is queued: too large (413) or not storable text (422 ``invalid_body``)."""
+    check_body_size(body, limit)
+    check_body_text(body)
+
+
+class Sender(NamedTuple):
+    """Who sends: the account, and the session the message is stored only while it lives."""
+
+    user_id: int
+    username: str
+    session_id: str | None
+
+
+class MessageSender:
+    """The one way a message is sent, over HTTP (:meth:`send`) and WebSocket (:meth:`submit`).
+
+    The body is checked by :func:`check_body` (HTTP: in :meth:`send`; WebSocket: in
+    ``protocol.parse_frame``, with the same functions and codes) before it is queued.
+    """
+
+    def __init__(self, writer: MessageWriter, recipients: RecipientCache, body_limit: int) -> None:
+        self.writer = writer
+        self.recipients = recipients
+        self.body_limit = body_limit
+
+    def submit(
+        self, sender: Sender, message_id: str, to: str, recipient_id: int, body: str, callback: Callback
+    ) -> None:
+        """Queue a checked message to ``recipient_id`` (named ``to``); ``callback`` gets the
+        outcome once its batch has committed."""
+        message = new_message(message_id, sender.user_id, recipient_id, body, sender.session_id)
+        self.writer.submit(message, sender.username, to.lower(), callback)
+
+    async def send(self, sender: Sender, message_id: str, to: str, body: str) -> SendResult:
+        """Check the body, find the recipient, queue and wait: the outcome, or the error raised."""
+        check_body(body, self.body_limit)
+        recipient_id = await self.recipients.user_id(to)
+        if recipient_id is None:
+            raise UnknownRecipient()
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: Outcome) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        self.submit(sender, message_id, to, recipient_id, body, done)
+        outcome = await future
+        if isinstance(outcome, NexoError):
+            raise outcome
+        return outcome
 
 
 def new_message(

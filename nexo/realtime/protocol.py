@@ -14,12 +14,16 @@ from typing import Any, NamedTuple
 
 from nexo.messages.service import (
     MESSAGE_ID_FORMAT,
+    BodyTooLarge,
     Delivery,
+    InvalidBody,
     StoredMessage,
     canonical_message_id,
+    check_body_size,
+    check_body_text,
     message_json,
 )
-from nexo.text import body_problem, echoable, has_lone_surrogate, may_hold_escapes
+from nexo.text import echoable, has_lone_surrogate, may_hold_escapes
 from nexo.validation import INT64_MAX
 
 
@@ -150,16 +154,18 @@ def parse_frame(text: str | bytes, max_body_bytes: int) -> Frame:
         body = _string(data, "body", message_id)
         if not 1 <= len(to) <= 64:
             raise FrameError(WsError.UNKNOWN_RECIPIENT, "no such recipient", message_id)
-        if len(body) * 4 > max_body_bytes and len(body.encode()) > max_body_bytes:
-            raise FrameError(
-                WsError.BODY_TOO_LARGE, f"body is over the limit of {max_body_bytes} bytes", message_id
-            )
+        try:
+            check_body_size(body, max_body_bytes)
+        except BodyTooLarge as exc:
+            raise FrameError(WsError.BODY_TOO_LARGE, exc.message, message_id) from None
         if len(data) > len(_SEND_FIELDS) or not _SEND_FIELDS.issuperset(data):
             extra = ", ".join(sorted(set(data) - _SEND_FIELDS))
             raise FrameError(WsError.INVALID_FIELD, f"unknown field(s): {extra}", message_id)
-        problem = body_problem(body) if escaped else None
-        if problem is not None:
-            raise FrameError(WsError.INVALID_BODY, problem, message_id)
+        if escaped:  # U+0000 and lone surrogates reach a JSON string only as escapes
+            try:
+                check_body_text(body)
+            except InvalidBody as exc:
+                raise FrameError(WsError.INVALID_BODY, exc.message, message_id) from None
         return Send(message_id, to, body)
     if kind == ClientFrame.DELIVERED:
         return Delivered(_message_id(raw_id))

@@ -31,7 +31,7 @@ from nexo.config import Settings
 from nexo.context import AppContext, NexoApp, app_context
 from nexo.errors import NexoError, TooManyRequests
 from nexo.messages import service
-from nexo.messages.service import Outcome, SendResult
+from nexo.messages.service import Outcome, Sender, SendResult
 from nexo.ratelimit import Bucket, client_address
 from nexo.realtime.broker import LocalBroker, make_broker
 from nexo.realtime.hub import CLOSES, UNAUTHORIZED_CLOSES, Connection, Hub
@@ -285,7 +285,7 @@ class Session:
         self.inbox = inbox
         self.conn = conn
         self.settings = ctx.settings
-        self.writer = ctx.message_writer
+        self.messages = ctx.message_sender
         self.recipients = ctx.recipients
         self.hub = ctx.hub
         self.replay = ctx.replay_budget
@@ -402,11 +402,13 @@ class Session:
 
     def _submit(self, frame: Send, recipient_id: int) -> None:
         conn = self.conn
-        message = service.new_message(
-            frame.message_id, conn.user_id, recipient_id, frame.body, conn.session_id
-        )
-        self.writer.submit(
-            message, conn.username, frame.to.lower(), functools.partial(_answer, conn, frame.message_id)
+        self.messages.submit(
+            Sender(conn.user_id, conn.username, conn.session_id),
+            frame.message_id,
+            frame.to,
+            recipient_id,
+            frame.body,
+            functools.partial(_answer, conn, frame.message_id),
         )
 
     async def sync(self, since: int) -> None:
