@@ -14,7 +14,6 @@ from sanic.response import BaseHTTPResponse
 
 from nexo import db, errors, filemodes, gcpolicy, health, logs, metrics, ratelimit, speedups
 from nexo.auth import endpoints as auth_endpoints
-from nexo.checkpoint import Checkpointer, WriterConnection
 from nexo.config import Settings
 from nexo.context import AppContext, NexoApp, app_context
 from nexo.devices import endpoints as devices_endpoints
@@ -24,6 +23,7 @@ from nexo.realtime import ws as realtime_ws
 from nexo.realtime.hub import on_commit
 from nexo.realtime.sessions import ENDED
 from nexo.transparency import endpoints as transparency_endpoints
+from nexo.wal import WalBackfiller, WriterConnection
 from nexo.web import endpoints as web_endpoints
 
 SECURITY_HEADERS = {
@@ -78,20 +78,20 @@ def create_app(settings: Settings | None = None) -> NexoApp:
     async def open_database(app: NexoApp) -> None:
         settings = app.ctx.settings
         await db.init_db(settings, create_schema=False)
-        app.ctx.checkpointer = None
+        app.ctx.wal_backfiller = None
         db.open_quick_reader(settings)
         if settings.database_kind == "sqlite":
-            # Checkpoints move to their own thread (nexo/checkpoint.py), off the commits.
+            # Checkpoints move to their own thread (nexo/wal.py), off the commits.
             await db.connection().execute_script("PRAGMA wal_autocheckpoint = 0")
-            writer = WriterConnection(asyncio.get_running_loop(), db.wal_checkpoint)
-            app.ctx.checkpointer = Checkpointer(settings.sqlite_path, restart_via=writer)
-            app.ctx.checkpointer.start()
+            writer = WriterConnection(asyncio.get_running_loop(), db.backfill_wal)
+            app.ctx.wal_backfiller = WalBackfiller(settings.sqlite_path, restart_via=writer)
+            app.ctx.wal_backfiller.start()
 
     async def close_database(app: NexoApp) -> None:
         db.close_quick_reader()
         await db.close_db()
-        if app.ctx.checkpointer is not None:
-            app.ctx.checkpointer.stop()
+        if app.ctx.wal_backfiller is not None:
+            app.ctx.wal_backfiller.stop()
 
     app.register_listener(open_database, "before_server_start", priority=1000)
     app.register_listener(close_database, "after_server_stop", priority=-1000)

@@ -5,7 +5,7 @@ feature's ``setup`` adds what needs no server (``auth``: ``tokens``; ``web``:
 ``assets``), and the start-up listeners fill in the rest, in the order
 ``create_app`` registers them:
 
-1. ``open_database`` (app.py): ``checkpointer``;
+1. ``open_database`` (app.py): ``wal_backfiller``;
 2. ``health``: ``health``; ``ratelimit``: ``limiter``; ``auth``: ``auth``, ``auth_pruner``;
 3. ``transparency``: ``log_public_key``, ``sequencer``, ``witness_submitter``;
 4. ``messages``: ``message_writer``, ``recipients``, ``message_sender``;
@@ -30,7 +30,6 @@ from sanic.config import Config
 if TYPE_CHECKING:
     from nexo.auth.service import AuthService
     from nexo.auth.tokens import TokenService
-    from nexo.checkpoint import Checkpointer
     from nexo.config import Settings
     from nexo.health import HealthMonitor
     from nexo.messages.service import MessageSender, MessageWriter, RecipientCache
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
     from nexo.realtime.sessions import SessionWatch
     from nexo.transparency.sequencer import Sequencer
     from nexo.transparency.witness import WitnessSubmitter
+    from nexo.wal import WalBackfiller
     from nexo.web.assets import Asset
     from nexo.web.sampler import Sampler
 
@@ -55,7 +55,7 @@ class AppContext:
 
     tokens: TokenService = field(init=False)
     assets: dict[str, Asset] = field(init=False)
-    checkpointer: Checkpointer | None = field(init=False)
+    wal_backfiller: WalBackfiller | None = field(init=False)
     health: HealthMonitor = field(init=False)
     limiter: Limiter = field(init=False)
     auth: AuthService = field(init=False)

@@ -42,7 +42,7 @@ MODEL_MODULES = [
 
 #: The runbook's "SQLite Optimization" pragmas, plus a busy timeout (ms) and a WAL size
 #: kept after a checkpoint restarts it (Tortoise's default, 16 KiB, made the WAL file shrink
-#: and grow again at every restart). Checkpoints themselves: ``nexo/checkpoint.py``.
+#: and grow again at every restart). Checkpoints themselves: ``nexo/wal.py``.
 SQLITE_PRAGMAS: dict[str, str | int] = {
     "journal_mode": "WAL",
     "synchronous": "NORMAL",
@@ -167,11 +167,11 @@ def connection() -> BaseDBAsyncClient:
     return connections.get("default")
 
 
-async def wal_checkpoint(mode: str) -> tuple[int, int, int]:
+async def backfill_wal(mode: str) -> tuple[int, int, int]:
     """``PRAGMA wal_checkpoint(<mode>)`` on the server's own (writer's) SQLite connection.
 
     Queued behind the statement in progress like any other, so it never waits
-    for this process's writer in SQLite's busy handler (nexo/checkpoint.py).
+    for this process's writer in SQLite's busy handler (nexo/wal.py).
     """
     try:
         _, rows = await connection().execute_query(f"PRAGMA wal_checkpoint({mode})")

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nexo import db
-from nexo.checkpoint import CHECKPOINTS, Checkpointer, CheckpointRow, WriterConnection
 from nexo.config import Settings
+from nexo.wal import BACKFILLS, BackfillRow, WalBackfiller, WriterConnection
 from tests.conftest import ServerFactory
 
 
@@ -75,13 +75,13 @@ def _assert_all_rows_in_the_database_file(path: Path, rows: int) -> None:
     reader.close()
 
 
-def test_checkpointer_keeps_the_wal_small_under_sustained_writes(tmp_path: Path) -> None:
+def test_wal_backfiller_keeps_the_wal_small_under_sustained_writes(tmp_path: Path) -> None:
     path = tmp_path / "nexo.db"
     writer = _wal_writer(path, busy_timeout_ms=5000)
-    checkpointer = Checkpointer(path, interval=0.02, restart_pages=256)
-    passive, restart = CHECKPOINTS.labels("passive"), CHECKPOINTS.labels("restart")
+    backfiller = WalBackfiller(path, interval=0.02, restart_pages=256)
+    passive, restart = BACKFILLS.labels("passive"), BACKFILLS.labels("restart")
     before = passive._value.get(), restart._value.get()
-    checkpointer.start()
+    backfiller.start()
     rows, largest = 0, 0
     try:
         # 64 MiB of commits, one after another with the short gaps of a server's writer
@@ -97,7 +97,7 @@ def test_checkpointer_keeps_the_wal_small_under_sustained_writes(tmp_path: Path)
         assert passive._value.get() > before[0]
         assert restart._value.get() > before[1]
     finally:
-        checkpointer.stop()
+        backfiller.stop()
     writer.close()
     _assert_all_rows_in_the_database_file(path, 800)
 
@@ -105,20 +105,20 @@ def test_checkpointer_keeps_the_wal_small_under_sustained_writes(tmp_path: Path)
 async def test_restarts_made_on_the_writers_connection_never_lock_the_writer_out(tmp_path: Path) -> None:
     # The server's way (restart_via): the RESTART runs on the writer's connection, between
     # two of its commits, on its event loop. The writer has no busy timeout here, so a
-    # commit that ever had to wait for the checkpointer would fail with "database is
-    # locked" (as it does when the checkpointer makes the RESTART on its own connection).
+    # commit that ever had to wait for the backfiller would fail with "database is
+    # locked" (as it does when the backfiller makes the RESTART on its own connection).
     path = tmp_path / "nexo.db"
     writer = _wal_writer(path, busy_timeout_ms=0)
 
-    async def on_writer(mode: str) -> CheckpointRow:
+    async def on_writer(mode: str) -> BackfillRow:
         busy, pages, copied = writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         return busy, pages, copied
 
     via = WriterConnection(asyncio.get_running_loop(), on_writer)
-    checkpointer = Checkpointer(path, interval=0.02, restart_pages=256, restart_via=via)
-    restart = CHECKPOINTS.labels("restart")
+    backfiller = WalBackfiller(path, interval=0.02, restart_pages=256, restart_via=via)
+    restart = BACKFILLS.labels("restart")
     before = restart._value.get()
-    checkpointer.start()
+    backfiller.start()
     largest = 0
     try:
         for _ in range(800):
@@ -128,7 +128,7 @@ async def test_restarts_made_on_the_writers_connection_never_lock_the_writer_out
         assert largest < 16 * 2**20, largest
         assert restart._value.get() > before
     finally:
-        checkpointer.stop()  # while the loop is blocked: the thread must not wait for it
+        backfiller.stop()  # while the loop is blocked: the thread must not wait for it
     writer.close()
     _assert_all_rows_in_the_database_file(path, 800)
 

@@ -1,14 +1,15 @@
-"""SQLite WAL checkpoints off the write path.
+"""SQLite WAL checkpoints (copying the WAL back into the database file: SQLite's
+"backfill") off the write path; "checkpoint" elsewhere in Nexo is the C2SP note.
 
 With SQLite's default (``wal_autocheckpoint=1000``) the connection whose
 commit pushes the WAL past 1,000 pages copies the WAL back into the database
 file and syncs it, inside that commit. In the server that connection is the
 one every message, registration and STH goes through, so every few thousand
 messages one group commit took 10-20 ms instead of 0.5 ms, and every
-message in flight waited for it (the p99 of issue 4's benchmark).
+message in flight waited for it (the p99 of the messaging benchmark, docs/BENCHMARKS.md).
 
 The server turns automatic checkpoints off on its connection and runs this
-checkpointer instead: a thread with its own connection that makes a PASSIVE
+backfiller instead: a thread with its own connection that makes a PASSIVE
 checkpoint every :data:`INTERVAL_SECONDS`. A passive checkpoint never takes
 the write lock, so commits go on while it copies and syncs. When it has
 copied everything and no commit came in meanwhile, the next commit starts
@@ -57,10 +58,11 @@ CATCH_UP_PAGES = 256
 #: ... but no more passes than this.
 CATCH_UP_PASSES = 4
 
-CHECKPOINTS = Counter(
-    "nexo_sqlite_checkpoints_total", "WAL checkpoints made by the checkpointer, by mode", ["mode"]
+#: The metric names keep SQLite's word (``PRAGMA wal_checkpoint``): dashboards rely on them.
+BACKFILLS = Counter(
+    "nexo_sqlite_checkpoints_total", "WAL checkpoints made by the backfiller, by mode", ["mode"]
 )
-CHECKPOINT_SECONDS = Histogram(
+BACKFILL_SECONDS = Histogram(
     "nexo_sqlite_checkpoint_seconds",
     "Time of one WAL checkpoint, by mode (a restart holds commits back for up to this long)",
     ["mode"],
@@ -72,23 +74,23 @@ WAL_PAGES = Gauge(
 
 
 #: ``PRAGMA wal_checkpoint`` run elsewhere: its row (busy, pages in the WAL, pages copied).
-CheckpointRow = tuple[int, int, int]
+BackfillRow = tuple[int, int, int]
 
 
 class WriterConnection:
     """Runs a checkpoint on the writer's connection, which lives on an event loop.
 
     ``run`` is a coroutine function executing ``PRAGMA wal_checkpoint(<mode>)``
-    there; the checkpointer thread submits it to ``loop`` and waits.
+    there; the backfiller thread submits it to ``loop`` and waits.
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, run: Callable[[str], Coroutine[Any, Any, CheckpointRow]]
+        self, loop: asyncio.AbstractEventLoop, run: Callable[[str], Coroutine[Any, Any, BackfillRow]]
     ) -> None:
         self.loop = loop
         self.run = run
 
-    def checkpoint(self, mode: str, stop: threading.Event) -> CheckpointRow:
+    def backfill(self, mode: str, stop: threading.Event) -> BackfillRow:
         try:
             future = asyncio.run_coroutine_threadsafe(self.run(mode), self.loop)
         except RuntimeError as exc:  # the loop is closed: the server is gone
@@ -102,7 +104,7 @@ class WriterConnection:
                     raise sqlite3.OperationalError("server stopping") from None
 
 
-class Checkpointer:
+class WalBackfiller:
     """A daemon thread checkpointing ``path``'s WAL every ``interval`` seconds.
 
     ``restart_pages`` defaults to :data:`RESTART_BYTES` in pages of the database.
@@ -121,7 +123,7 @@ class Checkpointer:
         self.restart_pages = restart_pages
         self.restart_via = restart_via
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nexo-wal-checkpoint", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="nexo-wal-backfill", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -135,18 +137,18 @@ class Checkpointer:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         except sqlite3.Error as exc:
-            log.error("WAL checkpointer could not open %s: %s; SQLite will not checkpoint", self.path, exc)
+            log.error("WAL backfiller could not open %s: %s; SQLite will not checkpoint", self.path, exc)
             return
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             restart_pages = self.restart_pages or RESTART_BYTES // page_size
             while not self._stop.wait(self.interval):
-                pages = self.checkpoint(conn, "PASSIVE")
+                pages = self.backfill(conn, "PASSIVE")
                 if pages > restart_pages:
                     self._restart(conn, pages)
             # At shutdown the writers are done: copy everything back and empty the WAL.
-            self.checkpoint(conn, "TRUNCATE")
+            self.backfill(conn, "TRUNCATE")
         finally:
             conn.close()
 
@@ -157,21 +159,21 @@ class Checkpointer:
         than :data:`CATCH_UP_PAGES`: the RESTART's hold is about syncing what is left.
         """
         for _ in range(CATCH_UP_PASSES):
-            before, pages = pages, self.checkpoint(conn, "PASSIVE")
+            before, pages = pages, self.backfill(conn, "PASSIVE")
             if pages - before < CATCH_UP_PAGES:
                 break
-        self.checkpoint(conn, "RESTART", self._restart_on_writer)
+        self.backfill(conn, "RESTART", self._restart_on_writer)
 
-    def _restart_on_writer(self, conn: sqlite3.Connection, mode: str) -> CheckpointRow:
+    def _restart_on_writer(self, conn: sqlite3.Connection, mode: str) -> BackfillRow:
         if self.restart_via is None:
-            return _checkpoint_row(conn, mode)
-        return self.restart_via.checkpoint(mode, self._stop)
+            return _backfill_row(conn, mode)
+        return self.restart_via.backfill(mode, self._stop)
 
     @staticmethod
-    def checkpoint(
+    def backfill(
         conn: sqlite3.Connection,
         mode: str,
-        run: Callable[[sqlite3.Connection, str], CheckpointRow] | None = None,
+        run: Callable[[sqlite3.Connection, str], BackfillRow] | None = None,
     ) -> int:
         """One checkpoint (by ``run``, default on ``conn``).
 
@@ -179,12 +181,12 @@ class Checkpointer:
         """
         started = time.perf_counter()
         try:
-            busy, pages, copied = (run or _checkpoint_row)(conn, mode)
+            busy, pages, copied = (run or _backfill_row)(conn, mode)
         except sqlite3.Error as exc:  # a locked or busy database: try again next time
             log.warning("WAL checkpoint (%s) failed: %s", mode, exc)
             return 0
-        CHECKPOINT_SECONDS.labels(mode.lower()).observe(time.perf_counter() - started)
-        CHECKPOINTS.labels(mode.lower()).inc()
+        BACKFILL_SECONDS.labels(mode.lower()).observe(time.perf_counter() - started)
+        BACKFILLS.labels(mode.lower()).inc()
         pages = max(pages, 0)  # -1 when the database is not in WAL mode
         WAL_PAGES.set(pages)
         if busy:
@@ -192,6 +194,6 @@ class Checkpointer:
         return pages
 
 
-def _checkpoint_row(conn: sqlite3.Connection, mode: str) -> CheckpointRow:
+def _backfill_row(conn: sqlite3.Connection, mode: str) -> BackfillRow:
     busy, pages, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
     return busy, pages, copied
