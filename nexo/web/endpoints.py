@@ -15,7 +15,7 @@ from sanic.response import HTTPResponse, json
 from nexo import health
 from nexo.config import Settings
 from nexo.context import NexoApp, app_context
-from nexo.errors import NotFound, Unauthorized
+from nexo.errors import ErrorCode, NotFound, Unauthorized
 from nexo.transparency import witness
 from nexo.web import assets, checklist
 from nexo.web.sampler import Sampler
@@ -79,8 +79,8 @@ async def console_status(request: Request) -> HTTPResponse:
         since = 0.0
     history = list(sampler.history)
     if not history:
-        return json({"error": {"code": "service_unavailable", "message": sampler.error or "no sample yet"}},
-                    status=503, headers={"Cache-Control": "no-store"})
+        error = {"code": ErrorCode.SERVICE_UNAVAILABLE.value, "message": sampler.error or "no sample yet"}
+        return json({"error": error}, status=503, headers={"Cache-Control": "no-store"})
     # The STH row holds the log to its heartbeat (NEXO_STH_MAX_AGE) with health's grace, and
     # the quorum-cosigned STH to that plus a submission round (interval and request timeout).
     sth_max_age = settings.sth_max_age + health.STH_AGE_GRACE_SECONDS
