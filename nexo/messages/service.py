@@ -1,19 +1,20 @@
 """Messages: exactly-once storage through a group-commit writer, history, delivery marks.
 
-Group commit (docs/messaging.md "How sends are stored"): every ``send`` of every connection of this
-process goes into one queue. A single writer task takes *everything* waiting,
-commits it with one multi-row INSERT, then answers each sender — so the
-next batch starts the moment the previous commit ends (no timer), and a
-lone message takes the plain one-row path at once. An answer (``ack``) is
+Group commit (docs/messaging.md "How sends are stored"): every ``send`` of
+every connection of this process goes into one
+:class:`nexo.batching.BatchQueue`. Its single task takes *everything* waiting,
+commits it with one multi-row INSERT, then answers each sender — so the next
+batch starts the moment the previous commit ends (no timer), and a lone
+message takes the plain one-row path at once. An answer (``ack``) is
 given only after the commit returns and the commit listener's push signal
 to other processes is published (so no ack outruns the signal).
 
-Failure isolation: a batch the database refuses is split in
-halves and each half committed on its own, recursively, so a row only the
-database objects to (a constraint, an encoding) fails alone and every other
-message of the batch is stored and acked; a batch is split at most
-:data:`MAX_ISOLATION_COMMITS` times, and never when the database is
-unreachable (every half would fail the same way). Input is validated before
+Failure isolation (:func:`nexo.batching.bisect`): a batch the database
+refuses is split in halves and each half committed on its own, recursively,
+so a row only the database objects to (a constraint, an encoding) fails
+alone and every other message of the batch is stored and acked; a batch is
+split at most :data:`MAX_ISOLATION_COMMITS` times, and never when the
+database is unreachable (every half would fail the same way). Input is validated before
 it is queued (:class:`MessageSender`, ``protocol.parse_frame``), so a client
 cannot normally reach this path.
 
@@ -39,10 +40,10 @@ from prometheus_client import Counter, Histogram
 
 from nexo import db
 from nexo.auth.service import USERNAME_RE
+from nexo.batching import BatchQueue, QueueClosed, bisect
 from nexo.errors import ErrorCode, NexoError, NotFound, Unauthorized
 from nexo.messages import repository
 from nexo.messages.repository import NewMessage, StoredMessage
-from nexo.tasks import cancel_and_wait
 from nexo.text import body_problem
 
 log = logging.getLogger("nexo.messages")
@@ -177,30 +178,33 @@ class MessageWriter:
     """The per-process group-commit writer (see the module docstring)."""
 
     def __init__(self, max_batch: int = MAX_BATCH) -> None:
-        self.max_batch = max_batch
-        self._queue: list[_Pending] = []
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._queue: BatchQueue[_Pending] = BatchQueue(
+            self._commit, _fail, max_batch=max_batch, name="nexo-message-writer"
+        )
         #: Called with every batch of newly stored messages, after commit and before the acks.
         self.listeners: list[CommitListener] = []
         #: The newest batch's gate while its acks wait for it (later batches queue behind it).
         self._gate: Gate | None = None
 
+    @property
+    def max_batch(self) -> int:
+        return self._queue.max_batch
+
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="nexo-message-writer")
+        self._queue.start()
 
     def submit(self, message: NewMessage, sender: str, recipient: str, callback: Callback) -> None:
-        """Queue ``message``; ``callback`` gets the outcome once its batch has committed."""
-        self._queue.append(_Pending(message, sender, recipient, callback))
-        self._idle.clear()
-        self._wake.set()
+        """Queue ``message``; ``callback`` gets the outcome once its batch has committed
+        (at once a :class:`StorageUnavailable` once the writer is closed)."""
+        item = _Pending(message, sender, recipient, callback)
+        try:
+            self._queue.put(item)
+        except QueueClosed:
+            _answer(item, StorageUnavailable("the server is shutting down; retry with the same message_id"))
 
     async def drain(self) -> None:
         """Wait until every queued message is committed and answered."""
-        await self._idle.wait()
+        await self._queue.wait_idle()
         gate = self._gate
         if gate is not None and not gate.done():
             await asyncio.wait([gate])
@@ -208,26 +212,7 @@ class MessageWriter:
 
     async def close(self) -> None:
         await self.drain()
-        await cancel_and_wait(self._task)
-
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = self._queue[: self.max_batch]
-            del self._queue[: self.max_batch]
-            try:
-                await self._commit(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("message batch of %d failed to commit; nothing acked", len(batch))
-                error = StorageUnavailable("the message could not be stored; retry with the same message_id")
-                for item in batch:
-                    _answer(item, error)
+        await self._queue.stop()
 
     async def _commit(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
@@ -319,26 +304,22 @@ async def _insert_isolating(items: list[_Pending]) -> tuple[dict[str, int], dict
     """
     inserted: dict[str, int] = {}
     failed: dict[str, NexoError] = {}
-    budget = MAX_ISOLATION_COMMITS
 
-    async def attempt(part: list[_Pending]) -> None:
-        nonlocal budget
-        try:
-            inserted.update(await repository.insert_batch([item.message for item in part]))
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            error = exc
-        if len(part) > 1 and budget >= 2 and not db.unreachable(error):
-            budget -= 2
-            log.warning(
-                "message batch of %d refused (%s); committing its halves apart", len(part), _describe(error)
-            )
-            middle = len(part) // 2
-            await attempt(part[:middle])
-            await attempt(part[middle:])
-            return
+    async def attempt(part: list[_Pending]) -> dict[str, int]:
+        return await repository.insert_batch([item.message for item in part])
+
+    async def then(part: list[_Pending], seqs: dict[str, int]) -> None:
+        inserted.update(seqs)
+
+    def split(part: list[_Pending], error: Exception) -> bool:
+        if db.unreachable(error):
+            return False
+        log.warning(
+            "message batch of %d refused (%s); committing its halves apart", len(part), _describe(error)
+        )
+        return True
+
+    def give_up(part: list[_Pending], error: Exception) -> None:
         log.error(
             "%d message(s) could not be stored; nothing acked for them (first %s)",
             len(part),
@@ -348,8 +329,18 @@ async def _insert_isolating(items: list[_Pending]) -> tuple[dict[str, int], dict
         unavailable = StorageUnavailable("the message could not be stored; retry with the same message_id")
         failed.update((item.message.message_id, unavailable) for item in part)
 
-    await attempt(items)
+    await bisect(items, attempt, then, give_up, budget=MAX_ISOLATION_COMMITS, split=split)
     return inserted, failed
+
+
+def _fail(batch: list[_Pending], error: BaseException) -> None:
+    """A batch the writer could not finish (an error after the inserts, or the writer
+    cancelled): nothing of it is acked; the senders retry with the same ids."""
+    if not isinstance(error, asyncio.CancelledError):
+        log.error("message batch of %d failed to commit; nothing acked", len(batch), exc_info=error)
+    unavailable = StorageUnavailable("the message could not be stored; retry with the same message_id")
+    for item in batch:
+        _answer(item, unavailable)
 
 
 def _describe(error: BaseException) -> str:
