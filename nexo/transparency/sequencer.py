@@ -23,9 +23,11 @@ one. Each batch's transaction:
 4. commit, then answer every caller with its leaf index, the STH and an
    inclusion proof against it.
 
-A transaction the database refuses (a row only it objects to) is retried in
-halves, recursively, so one bad entry fails alone and the others of its batch
-are still sequenced; at most :data:`MAX_ISOLATION_COMMITS` extra
+The queue, the cadence's wait and the heartbeat's timer are a
+:class:`nexo.batching.BatchQueue`. A transaction the database refuses (a row
+only it objects to) is retried in halves, recursively
+(:func:`nexo.batching.bisect`), so one bad entry fails alone and the others of
+its batch are still sequenced; at most :data:`MAX_ISOLATION_COMMITS` extra
 transactions per batch, and none when the database is unreachable. Only the
 transaction is retried: once it has committed, its leaves are never appended
 again.
@@ -47,6 +49,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
 from nexo import db
+from nexo.batching import BatchQueue, Heartbeat, bisect
 from nexo.errors import ServiceUnavailable
 from nexo.transparency import merkle, repository
 from nexo.transparency import sth as sth_mod
@@ -125,6 +128,30 @@ class _Pending:
     queued: float = field(default_factory=time.perf_counter)
 
 
+#: What a committed transaction hands to :meth:`Sequencer._answer`: ``(accepted, old size,
+#: new STH, leaf hashes, known nodes)``.
+_Written = tuple[list[_Pending], int, SignedTreeHead, list[bytes], dict[merkle.NodeId, bytes]]
+
+
+def _split(live: list[_Pending], error: Exception) -> bool:
+    """Whether a refused batch is retried in halves: not when the database is unreachable."""
+    if db.unreachable(error):
+        return False
+    log.warning(
+        "sequencer: a batch of %d entries was refused (%s: %s); sequencing its halves apart",
+        len(live),
+        type(error).__name__,
+        str(error)[:200],
+    )
+    return True
+
+
+def _give_up(live: list[_Pending], error: Exception) -> None:
+    log.error("sequencer: %d entries could not be sequenced", len(live), exc_info=error)
+    for pending in live:
+        pending.future.set_exception(SequencingFailed())
+
+
 class Sequencer:
     def __init__(
         self,
@@ -135,71 +162,56 @@ class Sequencer:
         max_age: float = DEFAULT_MAX_AGE,
     ) -> None:
         self.key = key
-        self.max_batch = max_batch
         self.interval = interval
         self.max_age = max_age
         #: Wall-clock ms of the latest STH this sequencer knows of (``None``: not read yet).
         self._latest_ms: int | None = None
-        self._queue: list[_Pending] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._queue: BatchQueue[_Pending] = BatchQueue(
+            self._commit_isolating,
+            self._fail,
+            max_batch=max_batch,
+            name="nexo-sequencer",
+            pace=self._until_due,
+            heartbeat=Heartbeat(self._until_heartbeat, self._heartbeat_safely),
+        )
         #: ((tree size, root hash), root nodes) of the last STH this sequencer committed.
         self._frontier: tuple[tuple[int, bytes], dict[merkle.NodeId, bytes]] | None = None
 
+    @property
+    def max_batch(self) -> int:
+        return self._queue.max_batch
+
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="nexo-sequencer")
+        self._queue.start()
 
     async def stop(self) -> None:
         """Finish what is queued, then stop."""
-        if self._task is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        await self._task
-        self._task = None
+        await self._queue.stop()
 
     async def submit(self, writer: EntryWriter, payload: Any, leaf: bytes) -> Sequenced:
         """Queue one leaf; return once it is in a committed, signed tree head.
 
         ``writer`` claims ``payload`` and writes its rows in the leaf's transaction.
         """
-        if self._task is None or self._stopping:
+        if not self._queue.running:
             raise RuntimeError("the sequencer is not running")
         future: asyncio.Future[Sequenced] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(writer, payload, leaf, future))
-        self._wake.set()
+        self._queue.put(_Pending(writer, payload, leaf, future))
         return await future
 
-    async def _run(self) -> None:
-        while True:
-            if not self._queue and not self._stopping:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._until_heartbeat())
-                except TimeoutError:
-                    await self._heartbeat_safely()
-                    continue
-            self._wake.clear()
-            while self._queue:
-                wait = self._until_due()
-                if wait > 0 and not self._stopping:
-                    await asyncio.sleep(wait)
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                try:
-                    await self._commit_isolating(batch)
-                except asyncio.CancelledError:
-                    for pending in batch:
-                        if not pending.future.done():
-                            pending.future.cancel()
-                    raise
-                except Exception:
-                    log.exception("sequencer: a batch of %d entries failed", len(batch))
-                    for pending in batch:
-                        if not pending.future.done():
-                            pending.future.set_exception(SequencingFailed())
-            if self._stopping:
-                return
+    @staticmethod
+    def _fail(batch: list[_Pending], error: BaseException) -> None:
+        """A batch the sequencer could not finish: its unanswered entries fail (or are
+        cancelled with the sequencer)."""
+        if isinstance(error, asyncio.CancelledError):
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.cancel()
+            return
+        log.error("sequencer: a batch of %d entries failed", len(batch), exc_info=error)
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(SequencingFailed())
 
     def _until_due(self) -> float:
         """Seconds until the next STH may be signed (``<= 0``: now)."""
@@ -243,41 +255,29 @@ class Sequencer:
 
     async def _commit_isolating(self, batch: list[_Pending]) -> None:
         """Sequence ``batch``; if its transaction fails, its halves apart (module docstring)."""
-        budget = MAX_ISOLATION_COMMITS
+        # Only the first attempt keeps the cadence: isolating a bad entry is the rare path.
+        cadence = self._queue.running
 
-        async def attempt(part: list[_Pending], cadence: bool) -> None:
-            nonlocal budget
-            try:
-                written = await self._write(part, cadence)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                live = [pending for pending in part if not pending.future.done()]
-                if len(live) > 1 and budget >= 2 and not db.unreachable(exc):
-                    budget -= 2
-                    log.warning(
-                        "sequencer: a batch of %d entries was refused (%s: %s); sequencing its halves apart",
-                        len(live),
-                        type(exc).__name__,
-                        str(exc)[:200],
-                    )
-                    middle = len(live) // 2
-                    await attempt(live[:middle], False)
-                    await attempt(live[middle:], False)
-                    return
-                log.error("sequencer: %d entries could not be sequenced", len(live), exc_info=exc)
-                for pending in live:
-                    pending.future.set_exception(SequencingFailed())
-                return
+        async def attempt(part: list[_Pending]) -> _Written | None:
+            nonlocal cadence
+            first, cadence = cadence, False
+            return await self._write(part, first)
+
+        async def then(part: list[_Pending], written: _Written | None) -> None:
             if written is not None:
                 await self._answer(*written)
 
-        # Only the first attempt keeps the cadence: isolating a bad entry is the rare path.
-        await attempt(batch, not self._stopping)
+        await bisect(
+            batch,
+            attempt,
+            then,
+            _give_up,
+            budget=MAX_ISOLATION_COMMITS,
+            split=_split,
+            unanswered=lambda pending: not pending.future.done(),
+        )
 
-    async def _write(
-        self, batch: list[_Pending], cadence: bool = False
-    ) -> tuple[list[_Pending], int, SignedTreeHead, list[bytes], dict[merkle.NodeId, bytes]] | None:
+    async def _write(self, batch: list[_Pending], cadence: bool = False) -> _Written | None:
         """The transaction: ``(accepted, old size, new STH, leaf hashes, known nodes)``, or ``None``
         when every entry was refused. With ``cadence``, first wait (under the lock) until the
         latest STH is ``interval`` old."""
