@@ -1,7 +1,7 @@
 """Cross-process signal "new messages for user X" (a recipient on another worker or instance).
 
 The signal carries user ids only; the database is the truth and a missed
-signal is repaired by the hub's periodic sweep (``hub.py``), by a full
+signal is repaired by the hub's periodic sweep (``feeds.py``), by a full
 re-check after a reconnect, and by the client's ``sync``. A publication is
 awaited before the batch it signals is acked. Three kinds:
 

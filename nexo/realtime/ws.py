@@ -34,7 +34,8 @@ from nexo.messages import service
 from nexo.messages.service import Outcome, Sender, SendResult
 from nexo.ratelimit import Bucket, client_address
 from nexo.realtime.broker import LocalBroker, make_broker
-from nexo.realtime.hub import CLOSES, UNAUTHORIZED_CLOSES, Connection, Hub
+from nexo.realtime.connection import CLOSES, UNAUTHORIZED_CLOSES, Connection
+from nexo.realtime.hub import Hub
 from nexo.realtime.inbox import Inbox
 from nexo.realtime.protocol import (
     Auth,
