@@ -30,9 +30,10 @@ from urllib.parse import urlparse
 from contracts.server import LocalServer, scratch_postgres
 
 
-def http_get(path: str) -> bytes:
+def http_get(path: str, headers: dict[str, str] | None = None) -> bytes:
     """One keep-alive HTTP/1.1 GET, as bytes on the wire."""
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n".encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n{extra}\r\n".encode()
 
 
 async def _one_connection(
@@ -75,7 +76,13 @@ def _client_process(
 
 
 def measure(
-    host: str, port: int, connections: int, seconds: float, processes: int = 1, path: str = "/api/health"
+    host: str,
+    port: int,
+    connections: int,
+    seconds: float,
+    processes: int = 1,
+    path: str = "/api/health",
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Keep ``connections`` keep-alive GETs of ``path`` busy for ``seconds``; latency figures in ms."""
     processes = max(1, min(processes, connections))
@@ -84,7 +91,7 @@ def measure(
     start_at = time.time() + 0.5
     workers = [
         multiprocessing.Process(
-            target=_client_process, args=(host, port, http_get(path), n, start_at, seconds, queue)
+            target=_client_process, args=(host, port, http_get(path, headers), n, start_at, seconds, queue)
         )
         for n in shares
     ]

@@ -4,7 +4,12 @@ Grows a log of ``--leaves`` (default 65,536: 256 full level-0 tiles and entry bu
 one full level-1 tile) straight into the database (tests/log_writer.py), starts one
 worker and keeps ``--connections`` keep-alive GETs of one full tile busy for
 ``--seconds`` (tests/load/bench_health.py's load client), for a level-0 hash tile,
-the level-1 tile and an entry bundle. Prints requests/s and p50/p99 for each.
+the level-1 tile, an entry bundle (as is, and gzipped for ``Accept-Encoding: gzip``)
+and, as the same-minute reference, ``/api/health`` (no database work, not rate limited).
+Each path is warmed for a second first (the worker's tile cache, the first requests
+after the log was grown). Prints requests/s, p50/p99 and the server's CPU per request
+(all its processes, from /proc: the figure that does not depend on what else the
+shared machine runs; the load client's CPU is not in it).
 
     python -m tests.load.bench_tiles
     python -m tests.load.bench_tiles --backend postgres --connections 64 --client-processes 2
@@ -22,10 +27,19 @@ from pathlib import Path
 
 from contracts.server import LocalServer, random_secret, scratch_postgres
 from tests.load.bench_health import measure
+from tests.load.procstat import session_cpu_seconds
 from tests.log_writer import Tree, grow
 
 FAST_LIMITS = {"NEXO_RATE_LIMIT": "100000000/minute", "NEXO_AUTH_RATE_LIMIT": "1000000/minute"}
-TILES = ["/tlog/tile/0/137", "/tlog/tile/1/000", "/tlog/tile/entries/137"]
+GZIP = {"Accept-Encoding": "gzip"}
+#: (label, path, request headers)
+RUNS: list[tuple[str, str, dict[str, str]]] = [
+    ("/tlog/tile/0/137", "/tlog/tile/0/137", {}),
+    ("/tlog/tile/1/000", "/tlog/tile/1/000", {}),
+    ("/tlog/tile/entries/137", "/tlog/tile/entries/137", {}),
+    ("/tlog/tile/entries/137 gzip", "/tlog/tile/entries/137", GZIP),
+    ("/api/health (reference)", "/api/health", {}),
+]
 
 
 def main() -> None:
@@ -50,13 +64,17 @@ def main() -> None:
             f"full tiles ({args.backend}, 1 worker, {args.leaves} leaves grown in "
             f"{time.perf_counter() - started:.1f}s)"
         )
-        for path in TILES:
+        for label, path, headers in RUNS:
+            measure("127.0.0.1", server.port, args.connections, 1.0, args.client_processes, path, headers)
+            cpu = sum(session_cpu_seconds(server.process.pid if server.process else None))
             figures = measure(
-                "127.0.0.1", server.port, args.connections, args.seconds, args.client_processes, path=path
+                "127.0.0.1", server.port, args.connections, args.seconds, args.client_processes, path, headers
             )
+            cpu = sum(session_cpu_seconds(server.process.pid if server.process else None)) - cpu
             print(
-                f"  {path:<24} {figures['rps']:>7.0f} req/s at {args.connections} connections, "
-                f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
+                f"  {label:<28} {figures['rps']:>7.0f} req/s at {args.connections} connections, "
+                f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
+                f"server CPU {cpu / figures['requests'] * 1e6:.0f} us/request"
             )
 
 
