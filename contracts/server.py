@@ -57,6 +57,7 @@ class LocalServer:
         extra_args: tuple[str, ...] = (),
         scheme: str = "http",
         module: str = "nexo",
+        python: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -66,6 +67,8 @@ class LocalServer:
         self.scheme = scheme
         #: The module run as ``python -m``: ``nexo``, or a test wrapper that patches it first.
         self.module = module
+        #: The interpreter (default this one): another checkout's venv runs that checkout's code.
+        self.python = python or sys.executable
         self.env = {
             "JWT_SECRET": random_secret(),
             "NEXO_DATA_DIR": str(self.data_dir),
@@ -87,7 +90,7 @@ class LocalServer:
         """Start the process without waiting for it to be healthy."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
-        args = [sys.executable, "-m", self.module, *self.command, "--host", "127.0.0.1"]
+        args = [self.python, "-m", self.module, *self.command, "--host", "127.0.0.1"]
         args += ["--port", str(self.port)]
         if self.command == ("serve",):
             args += ["--workers", str(self.workers)]
