@@ -5,7 +5,7 @@ runbook's pragmas; PostgreSQL is used when ``DATABASE_URL`` is set.
 
 Tortoise 1.x keeps its state in a context variable that Sanic does not carry
 into request tasks, so :func:`init_db` always enables the global fallback
-(without it a request handler finds no connection); ``tests/test_db.py`` proves
+(without it a request handler finds no connection); ``tests/platform/test_db.py`` proves
 handlers see it.
 """
 

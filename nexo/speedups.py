@@ -5,7 +5,7 @@ Sanic strips CR, LF and NUL from every response header name and value with
 header, an eighth of a worker's CPU under load (a Nexo response carries about
 ten headers: security, rate limit, request id). :func:`sanitize_header_value`
 returns the same string, skipping the translation when none of the three
-characters occurs (three C-speed scans, ~0.08 µs). ``tests/unit/test_speedups.py``
+characters occurs (three C-speed scans, ~0.08 µs). ``tests/platform/test_speedups.py``
 checks it against Sanic's own on every character that matters.
 """
 

@@ -1,5 +1,13 @@
 """Shared fixtures: real servers on free ports, on the backend the run selects.
 
+A test that starts a server, or opens a socket or a database, is a *server* test:
+its module says ``pytestmark = pytest.mark.server``. tox's ``unit`` env runs the
+others (``-m "not server"``), ``sqlite`` and ``postgres`` run these (``-m server``).
+A test without the mark that connects or binds a socket, or opens SQLite other than
+a private ``:memory:`` database, fails
+(:func:`pure_tests_open_no_socket_or_database`), so no server test can slip into
+``unit``, where it would run on SQLite only.
+
 ``NEXO_TEST_BACKEND=sqlite`` (default) or ``postgres`` picks the database for
 every server a test starts; PostgreSQL servers each get a scratch database.
 ``NEXO_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/0) is used by tests
@@ -11,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,7 +71,7 @@ def server_factory(base_dir: Path) -> Iterator[ServerFactory]:
         counter += 1
         merged = dict(env or {})
         # Feature tests make far more than 100 requests a minute from one address; the
-        # rate-limit tests (tests/test_ratelimit.py) set the real budgets explicitly.
+        # rate-limit tests (tests/platform/test_ratelimit.py) set the real budgets explicitly.
         merged.setdefault("NEXO_RATE_LIMIT", TEST_RATE_LIMIT)
         merged.setdefault("NEXO_AUTH_RATE_LIMIT", TEST_RATE_LIMIT)
         if BACKEND == "postgres" and "DATABASE_URL" not in merged:
@@ -139,3 +148,50 @@ def db_scalar(server: LocalServer, sql: str, params: tuple[Any, ...] = ()) -> An
     with sqlite3.connect(server.data_dir / "nexo.db") as conn:
         row = conn.execute(sql, params).fetchone()
     return row[0] if row else None
+
+
+@pytest.fixture(autouse=True)
+def pure_tests_open_no_socket_or_database(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Fail a test not marked ``server`` that connects or binds a socket or opens SQLite.
+
+    Only a private ``:memory:`` SQLite database is allowed (it lives and dies in the
+    test's process).
+
+    The attempt raises, and is failed again at teardown in case the code under
+    test swallowed the error.
+    """
+    if request.node.get_closest_marker("server"):
+        yield
+        return
+    attempts: list[str] = []
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*args: object, **kwargs: object) -> Any:
+            attempts.append(f"{what}{args[1:] if what.startswith('socket') else args}")
+            raise PureTestOpenedIO(
+                f"{request.node.nodeid} is not marked server but called {attempts[-1]}: "
+                "add pytestmark = pytest.mark.server to its module"
+            )
+
+        return refused
+
+    for method in ("connect", "connect_ex", "bind"):
+        monkeypatch.setattr(socket.socket, method, refuse(f"socket.{method}"))
+    open_sqlite, refused_sqlite = sqlite3.connect, refuse("sqlite3.connect")
+
+    def connect_sqlite(database: object, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        # A private in-memory database is part of the test's process, like any object.
+        if database == ":memory:":
+            return open_sqlite(database, *args, **kwargs)
+        return refused_sqlite(database, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(sqlite3, "connect", connect_sqlite)
+    yield
+    if attempts:
+        pytest.fail(f"{request.node.nodeid} is not marked server but called {', '.join(attempts)}")
+
+
+class PureTestOpenedIO(Exception):
+    """Raised by a socket or SQLite call in a test not marked ``server``."""

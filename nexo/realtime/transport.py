@@ -16,7 +16,7 @@ switch, locks and events per message, so Nexo goes under it, and only here:
   send lock, waiting for the peer's reply, and aborting with an RST.
 
 Everything else in ``nexo.realtime`` uses this façade, typed against the real
-classes. ``tests/unit/test_transport_canary.py`` fails, naming the Sanic and
+classes. ``tests/realtime/test_transport_canary.py`` fails, naming the Sanic and
 websockets versions, when an upgrade removes or changes an internal used here.
 """
 

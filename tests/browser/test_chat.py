@@ -16,9 +16,11 @@ from contracts.server import LocalServer
 from nexo_client import Witness
 from tests.browser.conftest import screenshot
 from tests.conftest import ServerFactory, db_scalar, server_factory
-from tests.fault_proxy import WITNESS_NAME
-from tests.realtime_support import FAST_ENV
-from tests.test_contracts_fail import fault_proxy
+from tests.contracts.test_contracts_fail import fault_proxy
+from tests.support.fault_proxy import WITNESS_NAME
+from tests.support.realtime import FAST_ENV
+
+pytestmark = pytest.mark.server
 
 WAIT_MS = 30_000
 PASSWORD = "correct horse battery"

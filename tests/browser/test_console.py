@@ -16,16 +16,19 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 from playwright.sync_api import Page, expect
 
 from contracts.client import Account
 from contracts.server import LocalServer
-from tests import aics_support
-from tests.aics_support import AicsWitness
 from tests.browser.conftest import screenshot
 from tests.conftest import ServerFactory
-from tests.log_writer import log_vkey
-from tests.test_contracts_fail import fault_proxy
+from tests.contracts.test_contracts_fail import fault_proxy
+from tests.support import aics
+from tests.support.aics import AicsWitness
+from tests.support.log_writer import log_vkey
+
+pytestmark = pytest.mark.server
 
 TOKEN = secrets.token_urlsafe(36)
 WAIT_MS = 30_000  # rows follow within a refresh or two; CI machines are slow
@@ -142,7 +145,7 @@ def test_slow_health_through_the_proxy_turns_red_then_green(page: Page, make_ser
 def test_witness_cosignatures_in_the_sth_row(page: Page, make_server: ServerFactory, tmp_path: Path) -> None:
     """The STH row shows how many witnesses cosigned the STH the checkpoint serves against the
     quorum: red while the witness is down or refuses the log, green once it cosigns."""
-    aics_support.venv_bin()
+    aics.venv_bin()
     witness = AicsWitness(tmp_path / "witness", "witness.test/w1")
     try:
         server = make_server({

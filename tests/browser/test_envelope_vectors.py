@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Page
 
 from contracts.server import LocalServer
+
+pytestmark = pytest.mark.server
 
 VECTORS = Path(__file__).resolve().parents[1] / "client" / "vectors" / "envelope-v1.json"
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import BrowserContext, expect
 
 from contracts.server import LocalServer
@@ -22,6 +23,8 @@ from tests.browser.test_chat import (
     sign_up,
     type_message,
 )
+
+pytestmark = pytest.mark.server
 
 
 def cli(state: Path, server: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from contracts.server import LocalServer
 from nexo_client import Message, NexoClient, Witness
 from tests.conftest import server_factory
-from tests.realtime_support import FAST_ENV
+from tests.support.realtime import FAST_ENV
 
 ClientFactory = Callable[..., Awaitable[NexoClient]]
 PASSWORD = "correct horse battery"

@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from contracts.server import LocalServer, free_port
 from tests.client.conftest import PASSWORD, new_name
-from tests.test_contracts_fail import fault_proxy
+from tests.contracts.test_contracts_fail import fault_proxy
+
+pytestmark = pytest.mark.server
 
 
 def cli(*args: str, state: Path, server: str | None = None, stdin: str | None = None,

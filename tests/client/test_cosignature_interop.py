@@ -20,9 +20,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from contracts.server import LocalServer
 from nexo_client import CosignatureInvalid, Witness
 from nexo_client.log import parse_checkpoint, verify_cosignatures
-from tests.aics_support import tool
 from tests.client.conftest import ClientFactory, new_name
-from tests.fault_proxy import client_cosign
+from tests.support.aics import tool
+from tests.support.fault_proxy import client_cosign
+
+pytestmark = pytest.mark.server
 
 AICS = """
 import base64, json, sys

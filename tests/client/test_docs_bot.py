@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from contracts.server import LocalServer
 from tests.client.conftest import PASSWORD, ClientFactory, Inbox, new_name
+
+pytestmark = pytest.mark.server
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "client.md"
 

@@ -20,6 +20,8 @@ from nexo_client import EnvelopeInvalid
 from nexo_client.envelope import INFO, canonical, open_envelope, parse, seal
 from nexo_client.log import b64d, b64e
 
+pytestmark = pytest.mark.server
+
 VECTORS = Path(__file__).parent / "vectors" / "envelope-v1.json"
 
 

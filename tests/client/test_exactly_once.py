@@ -12,8 +12,10 @@ from contracts.server import LocalServer
 from nexo_client import NexoClient
 from tests.client.conftest import ClientFactory, Inbox, new_name
 from tests.conftest import REDIS_URL, ServerFactory
-from tests.realtime_support import FAST_ENV, duplicate_rows, stored_seqs
-from tests.test_contracts_fail import fault_proxy
+from tests.contracts.test_contracts_fail import fault_proxy
+from tests.support.realtime import FAST_ENV, duplicate_rows, stored_seqs
+
+pytestmark = pytest.mark.server
 
 FAST_RETRY = {"ack_timeout": 1.0, "reconnect_base": 0.1, "reconnect_max": 1.0}
 

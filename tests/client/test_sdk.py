@@ -18,7 +18,9 @@ from contracts.server import LocalServer
 from nexo_client import NexoClient, NotLoggedIn, SessionRevoked
 from tests.client.conftest import ClientFactory, Inbox, new_name
 from tests.conftest import ServerFactory
-from tests.realtime_support import FAST_ENV
+from tests.support.realtime import FAST_ENV
+
+pytestmark = pytest.mark.server
 
 
 def test_the_distribution_needs_none_of_the_servers_dependencies() -> None:

@@ -26,7 +26,9 @@ from nexo_client import (
 )
 from nexo_client.log import TreeHead
 from tests.client.conftest import PASSWORD, ClientFactory, Inbox, new_name, signing_key_file
-from tests.test_contracts_fail import fault_proxy
+from tests.contracts.test_contracts_fail import fault_proxy
+
+pytestmark = pytest.mark.server
 
 
 @pytest.fixture

@@ -15,11 +15,13 @@ import pytest
 
 from contracts.server import LocalServer
 from nexo_client import CosignatureInvalid, Witness
-from tests.aics_support import AicsWitness
 from tests.client.conftest import ClientFactory, Inbox, new_name
 from tests.conftest import ServerFactory
-from tests.log_writer import log_vkey
-from tests.realtime_support import FAST_ENV
+from tests.support.aics import AicsWitness
+from tests.support.log_writer import log_vkey
+from tests.support.realtime import FAST_ENV
+
+pytestmark = pytest.mark.server
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Benchmark the tlog-tiles read API: full tiles served per second by one worker.
 
 Grows a log of ``--leaves`` (default 65,536: 256 full level-0 tiles and entry bundles,
-one full level-1 tile) straight into the database (tests/log_writer.py), starts one
+one full level-1 tile) straight into the database (tests/support/log_writer.py), starts one
 worker and keeps ``--connections`` keep-alive GETs of one full tile busy for
 ``--seconds`` (tests/load/bench_health.py's load client), for a level-0 hash tile,
 the level-1 tile, an entry bundle (as is, and gzipped for ``Accept-Encoding: gzip``)
@@ -31,7 +31,7 @@ from pathlib import Path
 from contracts.server import LocalServer, random_secret, scratch_postgres
 from tests.load.bench_health import measure
 from tests.load.procstat import session_cpu_seconds
-from tests.log_writer import Tree, grow
+from tests.support.log_writer import Tree, grow
 
 FAST_LIMITS = {"NEXO_RATE_LIMIT": "100000000/minute", "NEXO_AUTH_RATE_LIMIT": "1000000/minute"}
 GZIP = {"Accept-Encoding": "gzip"}

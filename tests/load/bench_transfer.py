@@ -1,7 +1,7 @@
 """Benchmark ``nexo db export`` / ``nexo db import``: rows per second, SQLite → PostgreSQL.
 
 Fills a fresh SQLite database with ``--rows`` synthetic rows in every table but the
-log's (the generator of ``tests/test_transfer.py``), then times the real commands as
+log's (the generator of ``tests/ops/test_transfer.py``), then times the real commands as
 subprocesses: export from SQLite, import into a scratch PostgreSQL database (verify
 counts, digests and chain included), export from PostgreSQL.
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from contracts.server import run_nexo, scratch_postgres
-from tests.test_transfer import _env, _settings, populate
+from tests.ops.test_transfer import _env, _settings, populate
 
 
 def _timed(args: list[str], env: dict[str, str], cwd: Path) -> float:
