@@ -16,8 +16,8 @@ from contracts.server import LocalServer
 from nexo_client import Witness
 from tests.browser.conftest import screenshot
 from tests.conftest import ServerFactory, db_scalar, server_factory
-from tests.contracts.test_contracts_fail import fault_proxy
 from tests.support.fault_proxy import WITNESS_NAME
+from tests.support.proxy import fault_proxy
 from tests.support.realtime import FAST_ENV
 
 pytestmark = pytest.mark.server

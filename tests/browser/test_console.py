@@ -19,18 +19,17 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from contracts.client import Account
 from contracts.server import LocalServer
 from tests.browser.conftest import screenshot
 from tests.conftest import ServerFactory
-from tests.contracts.test_contracts_fail import fault_proxy
 from tests.support import aics
 from tests.support.aics import AicsWitness
+from tests.support.console import TOKEN, add_device
 from tests.support.log_writer import log_vkey
+from tests.support.proxy import fault_proxy
 
 pytestmark = pytest.mark.server
 
-TOKEN = secrets.token_urlsafe(36)
 WAIT_MS = 30_000  # rows follow within a refresh or two; CI machines are slow
 
 
@@ -46,20 +45,6 @@ def open_console(page: Page, base_url: str) -> None:
 
 def row(page: Page, key: str):  # type: ignore[no-untyped-def]
     return page.locator(f'#checklist tr[data-key="{key}"]')
-
-
-def add_device(base_url: str) -> str:
-    """A new user registers one device (the log signs a new tree head); their username."""
-    account = Account.create(base_url, "console")
-    response = httpx.post(
-        f"{base_url}/api/devices",
-        headers={"Authorization": f"Bearer {account.access_token}"},
-        json={"name": "laptop", "public_key": base64.b64encode(secrets.token_bytes(32)).decode(),
-              "key_type": "ed25519"},
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text
-    return account.username
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import pytest
 
 from contracts.server import LocalServer, free_port
 from tests.client.conftest import PASSWORD, new_name
-from tests.contracts.test_contracts_fail import fault_proxy
+from tests.support.proxy import fault_proxy
 
 pytestmark = pytest.mark.server
 

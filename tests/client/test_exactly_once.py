@@ -12,7 +12,7 @@ from contracts.server import LocalServer
 from nexo_client import NexoClient
 from tests.client.conftest import ClientFactory, Inbox, new_name
 from tests.conftest import REDIS_URL, ServerFactory
-from tests.contracts.test_contracts_fail import fault_proxy
+from tests.support.proxy import fault_proxy
 from tests.support.realtime import FAST_ENV, duplicate_rows, stored_seqs
 
 pytestmark = pytest.mark.server

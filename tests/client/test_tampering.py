@@ -26,7 +26,7 @@ from nexo_client import (
 )
 from nexo_client.log import TreeHead
 from tests.client.conftest import PASSWORD, ClientFactory, Inbox, new_name, signing_key_file
-from tests.contracts.test_contracts_fail import fault_proxy
+from tests.support.proxy import fault_proxy
 
 pytestmark = pytest.mark.server
 

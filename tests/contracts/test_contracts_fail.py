@@ -15,7 +15,6 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ import pytest
 from contracts.server import LocalServer, free_port
 from contracts.tokens import SECRET_ENV, Minter, Secret
 from tests.conftest import ServerFactory
+from tests.support.proxy import fault_proxy
 
 pytestmark = pytest.mark.server
 
@@ -72,45 +72,6 @@ def run_contracts(
                 failures[case.get("name", "?")] = (problem.get("message") or "") + (problem.text or "")
     report = xml.read_text() if xml.exists() else ""
     return result.returncode, failures, result.stdout[-4000:] + result.stderr[-2000:] + report
-
-
-@contextmanager
-def fault_proxy(upstream: str, fault: str, log: Path, *extra: str) -> Iterator[str]:
-    port = free_port()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.support.fault_proxy",
-                "--upstream",
-                upstream,
-                "--port",
-                str(port),
-                "--fault",
-                fault,
-                *extra,
-            ],
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, f"fault proxy exited:\n{log.read_text()}"
-            try:
-                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"fault proxy did not start:\n{log.read_text()}"
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture(scope="module")

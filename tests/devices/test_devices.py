@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,20 +20,14 @@ from contracts import verify
 from contracts.client import Account
 from contracts.server import LocalServer, random_secret, run_nexo
 from tests.conftest import ServerFactory, server_factory
+from tests.support.devices import FAST_LIMITS, check_chain, new_key, public_key_url, register_many
 
 pytestmark = pytest.mark.server
-
-FAST_LIMITS = {"NEXO_RATE_LIMIT": "1000000/minute", "NEXO_AUTH_RATE_LIMIT": "100000/minute"}
-
 
 @pytest.fixture(scope="module")
 def log_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     with server_factory(tmp_path_factory.mktemp("devices")) as make:
         yield make(FAST_LIMITS)
-
-
-def new_key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 def public_key(server: LocalServer) -> bytes:
@@ -233,64 +225,10 @@ def test_account_deletion_revokes_devices_through_the_log(log_server: LocalServe
     assert {first["device"]["id"], second["device"]["id"]} <= revoked
 
 
-async def _register_many(base_url: str, accounts: list[Account], per_account: int) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=60) as client:
-
-        async def one(account: Account, n: int) -> dict[str, Any]:
-            response = await client.post(
-                f"{base_url}/api/devices",
-                json={"name": f"d{n}", "public_key": new_key(), "key_type": "ed25519"},
-                headers=account.headers,
-            )
-            assert response.status_code == 201, response.text
-            body: dict[str, Any] = response.json()
-            return body
-
-        return list(await asyncio.gather(*(one(a, n) for a in accounts for n in range(per_account))))
-
-
-def check_chain(base_urls: list[str]) -> list[dict[str, Any]]:
-    """Walk every STH: signatures, index steps, links, monotonic size/time, consistency proofs."""
-    base_url = base_urls[0]
-    log_key = public_key_url(base_url)
-    sths: list[dict[str, Any]] = []
-    start = 0
-    while True:
-        page = httpx.get(f"{base_url}/api/sth", params={"start": start, "limit": 1000}, timeout=30).json()
-        sths += page["sths"]
-        if len(page["sths"]) < 1000:
-            break
-        start += 1000
-    verify.verify_genesis(sths[0])
-    for number, sth in enumerate(sths):
-        assert sth["index"] == number
-        verify.verify_sth(sth, log_key)
-    for previous, current in itertools.pairwise(sths):
-        verify.verify_link(previous, current)
-        if previous["tree_size"] and current["tree_size"] > previous["tree_size"]:
-            proof = httpx.get(
-                f"{base_urls[current['index'] % len(base_urls)]}/api/log/proof/consistency",
-                params={"first": previous["tree_size"], "second": current["tree_size"]},
-                timeout=10,
-            ).json()
-            verify.verify_consistency(
-                previous["tree_size"],
-                current["tree_size"],
-                verify.b64(previous["root_hash"]),
-                verify.b64(current["root_hash"]),
-                [verify.b64(p) for p in proof["consistency_path"]],
-            )
-    return sths
-
-
-def public_key_url(base_url: str) -> bytes:
-    return verify.b64(httpx.get(f"{base_url}/api/log/key", timeout=10).json()["public_key"])
-
-
 def test_concurrent_registrations_make_a_gap_free_fork_free_chain(log_server: LocalServer) -> None:
     accounts = [Account.create(log_server.base_url) for _ in range(10)]
     before = httpx.get(f"{log_server.base_url}/api/sth/latest", timeout=10).json()
-    bodies = asyncio.run(_register_many(log_server.base_url, accounts, 10))
+    bodies = asyncio.run(register_many(log_server.base_url, accounts, 10))
     assert len(bodies) == 100
     indexes = sorted(b["log"]["leaf_index"] for b in bodies)
     assert indexes == list(range(before["tree_size"], before["tree_size"] + 100))
@@ -314,8 +252,8 @@ def test_two_workers_and_two_instances_on_postgresql_never_fork(
 
     async def both() -> list[dict[str, Any]]:
         a, b = await asyncio.gather(
-            _register_many(first.base_url, accounts[:3], 15),
-            _register_many(second.base_url, accounts[3:], 15),
+            register_many(first.base_url, accounts[:3], 15),
+            register_many(second.base_url, accounts[3:], 15),
         )
         return a + b
 

@@ -17,6 +17,7 @@ from contracts.server import LocalServer, run_nexo
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.sth import SignedTreeHead
 from tests.conftest import ServerFactory, db_execute
+from tests.support.audit import audit, audit_env
 
 pytestmark = pytest.mark.server
 
@@ -41,20 +42,6 @@ def build_log(make_server: ServerFactory) -> LocalServer:
         )
         assert response.status_code == 201, response.text
     return server
-
-
-def audit_env(server: LocalServer) -> dict[str, str]:
-    keep = ("NEXO_DATA_DIR", "DATABASE_URL", "NEXO_SIGNING_KEY_FILE")
-    env = {k: v for k, v in server.env.items() if k in keep}
-    env.setdefault("DATABASE_URL", "")
-    return env
-
-
-def audit(server: LocalServer, *extra: str, remote: bool = False) -> tuple[int, str, dict[str, Any]]:
-    args = ["audit", "--json", *extra] + (["--url", server.base_url] if remote else [])
-    result = run_nexo(args, audit_env(server), server.data_dir)
-    assert result.returncode in (0, 1), result.stderr
-    return result.returncode, result.stderr, json.loads(result.stdout)
 
 
 def kinds(report: dict[str, Any]) -> set[tuple[str, int, str]]:

@@ -15,8 +15,8 @@ import pytest
 from contracts.client import Account
 from contracts.server import random_secret
 from tests.conftest import BACKEND, ServerFactory, db_execute
-from tests.devices.test_devices import FAST_LIMITS, _register_many, check_chain, new_key
-from tests.transparency.test_audit import audit
+from tests.support.audit import audit
+from tests.support.devices import FAST_LIMITS, check_chain, new_key, register_many
 
 pytestmark = pytest.mark.server
 
@@ -37,7 +37,7 @@ def test_200_concurrent_registrations_make_at_most_one_sth_per_interval(make_ser
     accounts = [Account.create(server.base_url) for _ in range(10)]
     before = _latest(server.base_url)
     started = time.monotonic()
-    bodies = asyncio.run(_register_many(server.base_url, accounts, 20))
+    bodies = asyncio.run(register_many(server.base_url, accounts, 20))
     duration = time.monotonic() - started
     after = _latest(server.base_url)
     assert len(bodies) == 200

@@ -16,8 +16,8 @@ from contracts.client import Account
 from contracts.server import LocalServer
 from nexo.transparency.tiles import TILE_WIDTH, TileId, checkpoint_tiles
 from tests.conftest import ServerFactory
-from tests.devices.test_devices import new_key
 from tests.support import aics
+from tests.support.devices import new_key
 from tests.support.log_writer import Tree, grow, log_vkey
 
 pytestmark = pytest.mark.server

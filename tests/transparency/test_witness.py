@@ -26,11 +26,11 @@ from contracts.server import LocalServer, random_secret, run_nexo
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.keys import read_key
 from tests.conftest import ServerFactory
-from tests.devices.test_devices import FAST_LIMITS, _register_many, new_key
 from tests.support import aics
 from tests.support.aics import AicsWitness
+from tests.support.audit import audit_env
+from tests.support.devices import FAST_LIMITS, new_key, register_many
 from tests.support.log_writer import Tree, grow, log_vkey
-from tests.transparency.test_audit import audit_env
 
 pytestmark = pytest.mark.server
 
@@ -278,8 +278,8 @@ def test_two_workers_and_two_instances_on_postgresql_submit_one_consistent_histo
 
     async def both() -> list[dict[str, Any]]:
         a, b = await asyncio.gather(
-            _register_many(first.base_url, accounts[:2], 15),
-            _register_many(second.base_url, accounts[2:], 15),
+            register_many(first.base_url, accounts[:2], 15),
+            register_many(second.base_url, accounts[2:], 15),
         )
         return a + b
 

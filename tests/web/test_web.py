@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from tests.browser.test_console import TOKEN, add_device
 from tests.conftest import ServerFactory
+from tests.support.console import TOKEN, add_device
 
 pytestmark = pytest.mark.server
 
