@@ -1,13 +1,14 @@
 """The WebSocket endpoint ``/ws`` (docs/messaging.md): the reader loop.
 
 One task per connection reads frames (only it calls ``recv()``); everything
-outgoing goes through the connection's outbox (``hub.Connection``). A ``send``
+outgoing goes through the connection's outbox (``connection.Connection``). A ``send``
 is validated, rate limited, and handed to the group-commit writer without
 waiting: the ack is posted when its batch commits, so one connection can keep
 many sends in flight.
 
-Sanic runs this handler after the handshake, so authentication failures are
-"accept, then close 4401". An exception that escapes would close with 1000:
+Sanic runs this handler after the handshake (``handshake.py`` admits the
+upgrade and authenticates the socket: failures are "accept, then close
+4401"). An exception that escapes would close with 1000:
 it is caught, logged with the request id, and closed with 1011.
 """
 
@@ -21,20 +22,25 @@ import time
 import uuid
 from collections import Counter
 
-from prometheus_client import Counter as MetricCounter
 from sanic import Blueprint, Request, Websocket
 from websockets.exceptions import ConnectionClosed
 
 from nexo.auth import service as accounts
-from nexo.auth.guard import Principal, bearer_token, principal_for_token
-from nexo.config import Settings
 from nexo.context import AppContext, NexoApp, app_context
-from nexo.errors import NexoError, TooManyRequests
 from nexo.messages import service
 from nexo.messages.service import Outcome, Sender, SendResult
 from nexo.ratelimit import Bucket, client_address
 from nexo.realtime.broker import LocalBroker, make_broker
-from nexo.realtime.connection import CLOSES, UNAUTHORIZED_CLOSES, Connection
+from nexo.realtime.connection import CLOSES, Connection
+from nexo.realtime.handshake import (
+    PENDING_REFUSED,
+    Unauthenticated,
+    admit_upgrade,
+    authenticate,
+    close_unauthorized,
+    opaque_header_bytes,
+    verified_principal,
+)
 from nexo.realtime.hub import Hub
 from nexo.realtime.inbox import Inbox
 from nexo.realtime.protocol import (
@@ -68,61 +74,8 @@ BURST = 128
 
 bp = Blueprint("realtime")
 
-PENDING_REFUSED = MetricCounter(
-    "nexo_ws_upgrades_refused_total", "WebSocket upgrades refused: too many unauthenticated from one address"
-)
-
-
-class Unauthenticated(Exception):
-    """Close the connection with 4401 and this reason."""
-
-
-@bp.on_request
-def opaque_header_bytes(request: Request) -> None:
-    """Let the handshake see every header, so a malformed ``Authorization`` is a 4401, not a 500.
-
-    Sanic reads header bytes as UTF-8 (surrogate-escaping the rest); the websockets
-    handshake refuses such values. Re-read as ISO-8859-1, RFC 9110 §5.5's opaque
-    ``obs-text``, they pass the handshake and then fail token verification.
-    """
-    headers = request.headers
-    for name in {key for key, value in headers.items() if not value.isascii()}:
-        values = headers.getall(name)
-        del headers[name]
-        for value in values:
-            headers.add(name, value.encode("utf-8", "surrogateescape").decode("latin-1"))
-
-
-@bp.on_request
-async def admit_upgrade(request: Request) -> None:
-    """Before the handshake: refuse (429) an upgrade that will wait for an auth frame from an
-    address that already holds ``NEXO_WS_MAX_PENDING_PER_ADDRESS`` such sockets, and note
-    the push cursor: every message committed after it (after the client sees the
-    connection open) reaches this connection, by push or by catch-up.
-
-    The cursor is the newest seq, read from the database only for a genuine access token
-    (signature and expiry checked, no I/O); anything else costs no query and starts from
-    the newest seq this process knows (exact with one process)."""
-    ctx = app_context(request)
-    settings = ctx.settings
-    if (
-        "authorization" not in request.headers
-        and ctx.ws_pending[client_address(request)] >= settings.ws_max_pending_per_address
-    ):
-        PENDING_REFUSED.inc()
-        raise TooManyRequests(
-            f"more than {settings.ws_max_pending_per_address} WebSocket upgrades from this address "
-            "are waiting to authenticate",
-            retry_after=settings.ws_auth_timeout,
-        )
-    request.ctx.push_from = ctx.hub.seq_hint
-    header = request.headers.get("authorization")
-    if header is not None:
-        try:
-            ctx.tokens.verify_access(bearer_token(header))
-        except Exception:  # closed with 4401 after the handshake
-            return
-        request.ctx.push_from = await service.max_seq()
+bp.on_request(opaque_header_bytes)
+bp.on_request(admit_upgrade)
 
 
 def setup(app: NexoApp) -> None:
@@ -186,9 +139,9 @@ async def websocket(request: Request, ws: Websocket) -> None:
                 CLOSES.labels(str(int(CloseCode.TOO_MANY_CONNECTIONS))).inc()
                 await transport.close(CloseCode.TOO_MANY_CONNECTIONS, "too many unauthenticated connections")
                 return
-            principal = await _authenticate(request, inbox)
+            principal = await authenticate(request, inbox)
         except Unauthenticated as exc:
-            await _close_unauthorized(transport, str(exc))
+            await close_unauthorized(transport, str(exc))
             return
         finally:
             if address is not None:
@@ -227,47 +180,6 @@ async def websocket(request: Request, ws: Websocket) -> None:
         if conn is not None:
             hub.remove(conn)
             conn.stop()
-
-
-async def _authenticate(request: Request, inbox: Inbox) -> Principal:
-    header = request.headers.get("authorization")
-    settings: Settings = app_context(request).settings
-    if header is not None:
-        token = _token_or_reason(header)
-    else:
-        first = await inbox.get(timeout=settings.ws_auth_timeout)
-        if first is None:
-            raise Unauthenticated(
-                f"authenticate within {settings.ws_auth_timeout:g} s: Authorization header or auth frame"
-            )
-        try:
-            frame = parse_frame(first, settings.message_body_max_bytes)
-        except FrameError:
-            frame = None
-        if not isinstance(frame, Auth):
-            raise Unauthenticated('the first frame must be {"type": "auth", "token": ...}')
-        token = frame.token
-    return await _principal(token)
-
-
-def _token_or_reason(header: str) -> str:
-    try:
-        return bearer_token(header)
-    except NexoError as exc:
-        raise Unauthenticated(exc.message) from None
-
-
-async def _principal(token: str) -> Principal:
-    try:
-        return await principal_for_token(token)
-    except NexoError as exc:
-        raise Unauthenticated(exc.message) from None
-
-
-async def _close_unauthorized(transport: WebSocketTransport, reason: str) -> None:
-    UNAUTHORIZED_CLOSES.inc()
-    CLOSES.labels(str(int(CloseCode.UNAUTHORIZED))).inc()
-    await transport.close(CloseCode.UNAUTHORIZED, reason.encode()[:120].decode(errors="ignore"))
 
 
 def _arm_expiry(conn: Connection, expires_at: int) -> None:
@@ -457,7 +369,7 @@ class Session:
     async def renew(self, token: str) -> bool:
         """In-band re-authentication; False when the connection was closed."""
         try:
-            principal = await _principal(token)
+            principal = await verified_principal(token)
             if principal.user_id != self.conn.user_id:
                 raise Unauthenticated("the token is for another user")
         except Unauthenticated as exc:

@@ -30,7 +30,7 @@ from sanic.response import HTTPResponse, raw
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from nexo.realtime.ws import opaque_header_bytes
+from nexo.realtime.handshake import opaque_header_bytes
 
 FAULTS = {
     "none": "forward everything unchanged",
