@@ -12,18 +12,18 @@ from typing import Any
 from sanic import Request, Sanic
 from sanic.response import BaseHTTPResponse
 
-from nexo import db, errors, filemodes, gcpolicy, health, logs, metrics, ratelimit, speedups
 from nexo.auth import endpoints as auth_endpoints
-from nexo.config import Settings
 from nexo.context import AppContext, NexoApp, app_context
 from nexo.devices import endpoints as devices_endpoints
 from nexo.devices import service as devices_service
 from nexo.messages import endpoints as messages_endpoints
+from nexo.platform import db, errors, filemodes, gcpolicy, health, logs, metrics, ratelimit, speedups
+from nexo.platform.config import Settings
+from nexo.platform.wal import WalBackfiller, WriterConnection
 from nexo.realtime import ws as realtime_ws
 from nexo.realtime.hub import on_commit
 from nexo.realtime.sessions import ENDED
 from nexo.transparency import endpoints as transparency_endpoints
-from nexo.wal import WalBackfiller, WriterConnection
 from nexo.web import endpoints as web_endpoints
 
 SECURITY_HEADERS = {
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> NexoApp:
         app.ctx.wal_backfiller = None
         db.open_quick_reader(settings)
         if settings.database_kind == "sqlite":
-            # Checkpoints move to their own thread (nexo/wal.py), off the commits.
+            # Checkpoints move to their own thread (nexo/platform/wal.py), off the commits.
             await db.connection().execute_script("PRAGMA wal_autocheckpoint = 0")
             writer = WriterConnection(asyncio.get_running_loop(), db.backfill_wal)
             app.ctx.wal_backfiller = WalBackfiller(settings.sqlite_path, restart_via=writer)

@@ -13,11 +13,13 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 
-from nexo import __version__, contracts_command, filemodes
-from nexo.config import ConfigError
-from nexo.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM, fail, load_settings
+from nexo import __version__
 from nexo.devices import commands as devices_commands
 from nexo.ops import commands as ops_commands
+from nexo.ops import contracts_command
+from nexo.platform import filemodes
+from nexo.platform.config import ConfigError
+from nexo.platform.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM, fail, load_settings
 from nexo.transparency import commands as transparency_commands
 
 # -- serve / dev ---------------------------------------------------------------------------
@@ -42,8 +44,8 @@ def _run_server(args: argparse.Namespace, *, dev: bool) -> int:
     from sanic.worker.loader import AppLoader
 
     from nexo.app import create_app, prepare_storage
-    from nexo.db import close_db
-    from nexo.tls import server_ssl
+    from nexo.platform.db import close_db
+    from nexo.platform.tls import server_ssl
 
     _apply_server_options(args)
     if dev:
@@ -108,7 +110,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_db_push(args: argparse.Namespace) -> int:
     from nexo.app import prepare_storage
-    from nexo.db import SCHEMA_VERSION, close_db
+    from nexo.platform.db import SCHEMA_VERSION, close_db
 
     try:
         settings = load_settings(dev=True)

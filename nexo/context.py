@@ -30,17 +30,17 @@ from sanic.config import Config
 if TYPE_CHECKING:
     from nexo.auth.service import AuthService
     from nexo.auth.tokens import TokenService
-    from nexo.config import Settings
-    from nexo.health import HealthMonitor
     from nexo.messages.service import MessageSender, MessageWriter, RecipientCache
-    from nexo.ratelimit import Limiter
+    from nexo.platform.config import Settings
+    from nexo.platform.health import HealthMonitor
+    from nexo.platform.ratelimit import Limiter
+    from nexo.platform.wal import WalBackfiller
     from nexo.realtime.broker import LocalBroker
     from nexo.realtime.hub import Hub
     from nexo.realtime.replay import ReplayBudget
     from nexo.realtime.sessions import SessionWatch
     from nexo.transparency.sequencer import Sequencer
     from nexo.transparency.witness import WitnessSubmitter
-    from nexo.wal import WalBackfiller
     from nexo.web.assets import Asset
     from nexo.web.sampler import Sampler
 

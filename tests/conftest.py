@@ -29,7 +29,7 @@ import asyncpg
 import pytest
 
 from contracts.server import DEFAULT_REDIS_URL, LocalServer, run_async, scratch_postgres
-from nexo import db
+from nexo.platform import db
 
 BACKEND = os.environ.get("NEXO_TEST_BACKEND", "sqlite")
 if BACKEND not in {"sqlite", "postgres"}:

@@ -16,10 +16,10 @@ from nexo.auth.pruning import prune_forever
 from nexo.auth.service import AuthService
 from nexo.auth.tokens import TokenService
 from nexo.context import NexoApp, app_context
-from nexo.ratelimit import client_address
-from nexo.tasks import cancel_and_wait
-from nexo.timefmt import utc_iso
-from nexo.validation import Body, parse_body
+from nexo.platform.ratelimit import client_address
+from nexo.platform.tasks import cancel_and_wait
+from nexo.platform.timefmt import utc_iso
+from nexo.platform.validation import Body, parse_body
 
 bp = Blueprint("auth", url_prefix="/api")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from nexo.auth import repository
-from nexo.config import Settings
+from nexo.platform.config import Settings
 
 log = logging.getLogger("nexo.auth.pruning")
 

@@ -13,8 +13,8 @@ from tortoise.expressions import Q, Subquery
 from tortoise.functions import Count, Min
 from tortoise.transactions import in_transaction
 
-from nexo import counters, db
 from nexo.auth.models import LoginFailure, RefreshToken, Session, User
+from nexo.platform import counters, db
 
 
 class UsernameTaken(Exception):
@@ -116,7 +116,7 @@ async def live_session_username(session_id: str, user_id: int) -> str | None:
     """The username if the session is live and belongs to an existing user, else None.
 
     One indexed query per authenticated request, so it is written by hand and, on
-    SQLite, run in place by :class:`nexo.db.QuickReader`.
+    SQLite, run in place by :class:`nexo.platform.db.QuickReader`.
     """
     reader = db.quick_reader()
     found: Sequence[Any] | None = (

@@ -22,8 +22,8 @@ from nexo.auth import repository
 from nexo.auth.models import User
 from nexo.auth.passwords import MAX_BYTES, MIN_LENGTH, Passwords
 from nexo.auth.tokens import InvalidToken, TokenService
-from nexo.config import Settings
-from nexo.errors import (
+from nexo.platform.config import Settings
+from nexo.platform.errors import (
     BadRequest,
     Conflict,
     ErrorCode,

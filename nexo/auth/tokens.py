@@ -23,8 +23,8 @@ from typing import Any
 
 import jwt
 
-from nexo.config import Settings
-from nexo.errors import ErrorCode, Unauthorized
+from nexo.platform.config import Settings
+from nexo.platform.errors import ErrorCode, Unauthorized
 
 ALGORITHM = "HS256"
 LEEWAY_SECONDS = 30

@@ -10,9 +10,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nexo.config import ConfigError
-from nexo.console import EXIT_CONFIG, EXIT_OK
-from nexo.timefmt import utc_iso
+from nexo.platform.config import ConfigError
+from nexo.platform.console import EXIT_CONFIG, EXIT_OK
+from nexo.platform.timefmt import utc_iso
 
 _SPAN = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -32,9 +32,9 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 async def _review(since: datetime, username: str | None) -> list[dict[str, Any]]:
-    from nexo import db
     from nexo.auth import repository as users
     from nexo.devices import repository
+    from nexo.platform import db
     from nexo.transparency import repository as log
     from nexo.transparency.commands import offline_settings
 

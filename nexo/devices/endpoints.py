@@ -15,8 +15,8 @@ from sanic_ext import openapi
 from nexo.auth.guard import authenticated
 from nexo.context import NexoApp, app_context
 from nexo.devices import service
+from nexo.platform.validation import Body, parse_body, path_parameter
 from nexo.transparency.endpoints import STHModel
-from nexo.validation import Body, parse_body, path_parameter
 
 bp = Blueprint("devices", url_prefix="/api")
 

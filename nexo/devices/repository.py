@@ -14,8 +14,8 @@ from datetime import datetime
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import Q
 
-from nexo import db
 from nexo.devices.models import Device
+from nexo.platform import db
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ from nexo.auth import service as accounts
 from nexo.devices import repository
 from nexo.devices.models import Device
 from nexo.devices.repository import NewDevice, Revocation
-from nexo.errors import BadRequest, Conflict, ErrorCode, NotFound, Unauthorized
-from nexo.timefmt import utc_iso
+from nexo.platform.errors import BadRequest, Conflict, ErrorCode, NotFound, Unauthorized
+from nexo.platform.timefmt import utc_iso
 from nexo.transparency.leaf import canonical_leaf
 from nexo.transparency.sequencer import Rejected, Sequenced, Sequencer
 from nexo.transparency.sth import b64

@@ -11,10 +11,18 @@ from sanic_ext import openapi
 
 from nexo.auth.guard import authenticated
 from nexo.context import NexoApp, app_context
-from nexo.errors import NotFound, ValidationFailed
 from nexo.messages import service
 from nexo.messages.service import MessageSender, MessageWriter, RecipientCache, Sender
-from nexo.validation import INT64_MAX, Body, Query, parse_body, parse_query, path_parameter, query_parameters
+from nexo.platform.errors import NotFound, ValidationFailed
+from nexo.platform.validation import (
+    INT64_MAX,
+    Body,
+    Query,
+    parse_body,
+    parse_query,
+    path_parameter,
+    query_parameters,
+)
 
 bp = Blueprint("messages", url_prefix="/api")
 

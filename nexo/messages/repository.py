@@ -1,6 +1,6 @@
 """Every query of the messages feature.
 
-The hot path (:func:`insert_batch`) is raw SQL on ``nexo.db.connection()``:
+The hot path (:func:`insert_batch`) is raw SQL on ``nexo.platform.db.connection()``:
 one multi-row ``INSERT ... ON CONFLICT (message_id) DO NOTHING RETURNING``
 per group commit. Exactly-once comes from the unique constraint on
 ``message_id``, never from a check before the insert (a check-then-insert
@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from tortoise.transactions import in_transaction
 
-from nexo import db
+from nexo.platform import db
 
 #: Rows per INSERT statement; 5 parameters each stays under every driver's limit.
 MAX_ROWS_PER_STATEMENT = 1000
@@ -46,7 +46,8 @@ class StoredMessage(NamedTuple):
 
 
 async def _rows(sql: str, values: Sequence[Any]) -> list[dict[str, Any]]:
-    """Run ``sql``, written with ``?`` placeholders (:func:`nexo.db.sql_for`), on the default connection."""
+    """Run ``sql``, written with ``?`` placeholders (:func:`nexo.platform.db.sql_for`), on the default
+    connection."""
     conn = db.connection()
     return await conn.execute_query_dict(db.sql_for(sql, conn), list(values))
 

@@ -2,14 +2,14 @@
 
 Group commit (docs/messaging.md "How sends are stored"): every ``send`` of
 every connection of this process goes into one
-:class:`nexo.batching.BatchQueue`. Its single task takes *everything* waiting,
+:class:`nexo.platform.batching.BatchQueue`. Its single task takes *everything* waiting,
 commits it with one multi-row INSERT, then answers each sender — so the next
 batch starts the moment the previous commit ends (no timer), and a lone
 message takes the plain one-row path at once. An answer (``ack``) is
 given only after the commit returns and the commit listener's push signal
 to other processes is published (so no ack outruns the signal).
 
-Failure isolation (:func:`nexo.batching.bisect`): a batch the database
+Failure isolation (:func:`nexo.platform.batching.bisect`): a batch the database
 refuses is split in halves and each half committed on its own, recursively,
 so a row only the database objects to (a constraint, an encoding) fails
 alone and every other message of the batch is stored and acked; a batch is
@@ -38,13 +38,13 @@ from typing import Any, NamedTuple
 
 from prometheus_client import Counter, Histogram
 
-from nexo import db
 from nexo.auth.service import USERNAME_RE
-from nexo.batching import BatchQueue, QueueClosed, bisect
-from nexo.errors import ErrorCode, NexoError, NotFound, Unauthorized
 from nexo.messages import repository
 from nexo.messages.repository import NewMessage, StoredMessage
-from nexo.text import body_problem
+from nexo.platform import db
+from nexo.platform.batching import BatchQueue, QueueClosed, bisect
+from nexo.platform.errors import ErrorCode, NexoError, NotFound, Unauthorized
+from nexo.platform.text import body_problem
 
 log = logging.getLogger("nexo.messages")
 

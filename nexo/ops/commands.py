@@ -7,16 +7,16 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nexo.config import ConfigError
-from nexo.console import EXIT_OK, EXIT_PROBLEM, fail, load_settings
+from nexo.platform.config import ConfigError
+from nexo.platform.console import EXIT_OK, EXIT_PROBLEM, fail, load_settings
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def cmd_check_duplicates(args: argparse.Namespace) -> int:
-    from nexo.db import close_db, init_db
     from nexo.ops.repository import find_duplicate_message_ids
+    from nexo.platform.db import close_db, init_db
 
     try:
         settings = load_settings(dev=True)
@@ -44,8 +44,8 @@ def cmd_check_duplicates(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from nexo.db import close_db, init_db
     from nexo.ops.doctor import Check, Doctor, load
+    from nexo.platform.db import close_db, init_db
 
     settings, error = load(dev=False)
     url = args.url or f"http://127.0.0.1:{settings.port if settings else 5000}"

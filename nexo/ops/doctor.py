@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from nexo.config import ConfigError, RateLimit, Settings
+from nexo.platform.config import ConfigError, RateLimit, Settings
 
 HEALTH_BUDGET_MS = 200.0
 HEALTH_WARMUPS = 5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nexo.db import connection
+from nexo.platform.db import connection
 
 #: The runbook's duplicate query ("WebSocket Duplicate Messages"), verbatim but for the alias.
 DUPLICATES_SQL = "SELECT message_id, COUNT(*) AS copies FROM messages GROUP BY message_id HAVING COUNT(*) > 1"

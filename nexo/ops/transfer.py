@@ -4,7 +4,7 @@ File format (gzip of UTF-8 JSON lines):
 
 1. a header ``{"format": "nexo-export", "format_version": 1, "schema_version",
    "source", "exported_at", "tables": {table: {"model", "columns", "rows", "sha256"}},
-   "id_high_water": {table: largest id ever handed out}}`` (``nexo/ids.py``: import
+   "id_high_water": {table: largest id ever handed out}}`` (``nexo/platform/ids.py``: import
    makes new ids continue after it, so a deleted account's id is never reused; an
    export without it falls back to the largest ids it holds);
 2. one line per row, ``{"t": table, "r": {column: value}}``, tables in
@@ -16,7 +16,7 @@ digest of its rows' canonical JSON (sorted keys, no spaces), one per line, so
 the same data gives the same digest on SQLite and PostgreSQL: import
 recomputes it from the target database before committing.
 
-Generic over every Tortoise model in ``nexo.db.MODEL_MODULES`` (counters
+Generic over every Tortoise model in ``nexo.platform.db.MODEL_MODULES`` (counters
 included): a new table is exported without changes here.
 """
 
@@ -45,9 +45,9 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from nexo import filemodes, ids
-from nexo.config import Settings
-from nexo.db import (
+from nexo.platform import filemodes, ids
+from nexo.platform.config import Settings
+from nexo.platform.db import (
     SCHEMA_VERSION,
     close_db,
     connection,

@@ -28,7 +28,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from nexo.config import Settings
+from nexo.platform.config import Settings
 
 log = logging.getLogger("nexo.realtime.broker")
 

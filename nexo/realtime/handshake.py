@@ -12,11 +12,11 @@ from prometheus_client import Counter as MetricCounter
 from sanic import Request
 
 from nexo.auth.guard import Principal, bearer_token, principal_for_token
-from nexo.config import Settings
 from nexo.context import app_context
-from nexo.errors import NexoError, TooManyRequests
 from nexo.messages import service
-from nexo.ratelimit import client_address
+from nexo.platform.config import Settings
+from nexo.platform.errors import NexoError, TooManyRequests
+from nexo.platform.ratelimit import client_address
 from nexo.realtime.connection import CLOSES, UNAUTHORIZED_CLOSES
 from nexo.realtime.inbox import Inbox
 from nexo.realtime.protocol import Auth, CloseCode, FrameError, parse_frame

@@ -26,9 +26,9 @@ from prometheus_client import Gauge
 
 from nexo.messages import service as messages
 from nexo.messages.service import CommitListener, Delivery, Gate
+from nexo.platform.tasks import cancel_and_wait, repeat
 from nexo.realtime.connection import Connection
 from nexo.realtime.feeds import Feed, Sweep
-from nexo.tasks import cancel_and_wait, repeat
 
 log = logging.getLogger("nexo.realtime")
 

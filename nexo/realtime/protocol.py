@@ -23,8 +23,8 @@ from nexo.messages.service import (
     check_body_text,
     message_json,
 )
-from nexo.text import echoable, has_lone_surrogate, may_hold_escapes
-from nexo.validation import INT64_MAX
+from nexo.platform.text import echoable, has_lone_surrogate, may_hold_escapes
+from nexo.platform.validation import INT64_MAX
 
 
 class ClientFrame(StrEnum):

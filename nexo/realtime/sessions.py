@@ -15,8 +15,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from nexo.platform.tasks import cancel_and_wait
 from nexo.realtime.hub import Hub
-from nexo.tasks import cancel_and_wait
 
 log = logging.getLogger("nexo.realtime")
 

@@ -29,7 +29,7 @@ from nexo.auth import service as accounts
 from nexo.context import AppContext, NexoApp, app_context
 from nexo.messages import service
 from nexo.messages.service import Outcome, Sender, SendResult
-from nexo.ratelimit import Bucket, client_address
+from nexo.platform.ratelimit import Bucket, client_address
 from nexo.realtime.broker import LocalBroker, make_broker
 from nexo.realtime.connection import CLOSES, Connection
 from nexo.realtime.handshake import (

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from nexo.config import ConfigError, Settings
-from nexo.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM
+from nexo.platform.config import ConfigError, Settings
+from nexo.platform.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM
 from nexo.transparency.audit import Anomaly, RememberedHead, Report, run_audit
 from nexo.transparency.audit.database import LocalSource
 from nexo.transparency.audit.http import RemoteSource
@@ -114,7 +114,7 @@ async def _run(
             contextlib.aclosing(RemoteSource(args.url, client)) as remote,
         ):
             return await audit(remote)
-    from nexo import db
+    from nexo.platform import db
 
     if settings.database_kind == "sqlite" and not settings.sqlite_path.exists():
         raise FileNotFoundError(f"no database at {settings.sqlite_path} (set NEXO_DATA_DIR or DATABASE_URL)")

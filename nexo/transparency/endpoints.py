@@ -14,16 +14,16 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, text
 from sanic_ext import openapi
 
-from nexo.config import ConfigError, Settings
 from nexo.context import NexoApp, app_context
-from nexo.errors import BadRequest
+from nexo.platform.config import ConfigError, Settings
+from nexo.platform.errors import BadRequest
+from nexo.platform.validation import INT64_MAX, Query, parse_query, path_parameter, query_parameters
 from nexo.transparency import repository, service, tlog_endpoints
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.keys import load_signing_key
 from nexo.transparency.sequencer import Sequencer, ensure_genesis
 from nexo.transparency.service import LogErrorCode
 from nexo.transparency.witness import WitnessSubmitter
-from nexo.validation import INT64_MAX, Query, parse_query, path_parameter, query_parameters
 
 bp = Blueprint("transparency", url_prefix="/api")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nexo import filemodes
-from nexo.config import ConfigError, Settings
+from nexo.platform import filemodes
+from nexo.platform.config import ConfigError, Settings
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.sth import SignedTreeHead
 

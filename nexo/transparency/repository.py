@@ -13,7 +13,7 @@ from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from nexo import counters, db
+from nexo.platform import counters, db
 from nexo.transparency.models import node_key, node_of_key
 from nexo.transparency.sth import STH_FIELDS, SignedTreeHead, TreeHead
 

@@ -24,9 +24,9 @@ one. Each batch's transaction:
    inclusion proof against it.
 
 The queue, the cadence's wait and the heartbeat's timer are a
-:class:`nexo.batching.BatchQueue`. A transaction the database refuses (a row
+:class:`nexo.platform.batching.BatchQueue`. A transaction the database refuses (a row
 only it objects to) is retried in halves, recursively
-(:func:`nexo.batching.bisect`), so one bad entry fails alone and the others of
+(:func:`nexo.platform.batching.bisect`), so one bad entry fails alone and the others of
 its batch are still sequenced; at most :data:`MAX_ISOLATION_COMMITS` extra
 transactions per batch, and none when the database is unreachable. Only the
 transaction is retried: once it has committed, its leaves are never appended
@@ -48,9 +48,9 @@ from prometheus_client import Counter, Histogram
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from nexo import db
-from nexo.batching import BatchQueue, Heartbeat, bisect
-from nexo.errors import ServiceUnavailable
+from nexo.platform import db
+from nexo.platform.batching import BatchQueue, Heartbeat, bisect
+from nexo.platform.errors import ServiceUnavailable
 from nexo.transparency import merkle, repository
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.sth import SignedTreeHead
@@ -386,7 +386,7 @@ class Sequencer:
 
 async def ensure_genesis(origin: str, key: Ed25519PrivateKey) -> SignedTreeHead:
     """Make STH 0 (the empty tree) unless the log has one; return the latest STH."""
-    from nexo import counters
+    from nexo.platform import counters
 
     await counters.add("sths", 0)
     await counters.add("sth_latest_timestamp_ms", 0)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from nexo.config import Witness
-from nexo.errors import BadRequest, ServiceUnavailable
+from nexo.platform.config import Witness
+from nexo.platform.errors import BadRequest, ServiceUnavailable
 from nexo.transparency import merkle, repository, witness_repository
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.cosignature import Cosignature

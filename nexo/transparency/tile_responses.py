@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from nexo import httpcache
+from nexo.platform import httpcache
 from nexo.transparency.tiles import TileId
 
 IMMUTABLE = "public, max-age=31536000, immutable"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from nexo.errors import NotFound
+from nexo.platform.errors import NotFound
 from nexo.transparency import repository, service, tile_responses, tiles
 from nexo.transparency.tile_responses import TileResponse
 from nexo.transparency.tiles import TileId

@@ -15,9 +15,9 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, text
 from sanic_ext import openapi
 
-from nexo import ratelimit
 from nexo.context import app_context
-from nexo.errors import NotFound
+from nexo.platform import ratelimit
+from nexo.platform.errors import NotFound
 from nexo.transparency import service, tiles, tiles_service
 from nexo.transparency.tile_responses import OCTETS
 

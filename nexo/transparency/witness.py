@@ -33,8 +33,8 @@ from enum import StrEnum
 import httpx
 from prometheus_client import Counter
 
-from nexo.config import Witness
-from nexo.tasks import cancel_and_wait, repeat
+from nexo.platform.config import Witness
+from nexo.platform.tasks import cancel_and_wait, repeat
 from nexo.transparency import service, witness_repository
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.cosignature import CosignatureError, verify_lines

@@ -8,7 +8,7 @@ from typing import Any
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from nexo import db
+from nexo.platform import db
 from nexo.transparency.cosignature import Cosignature
 
 LEASE = "witness-submitter"

@@ -18,7 +18,7 @@ from pathlib import Path
 from sanic import Request
 from sanic.response import HTTPResponse, raw
 
-from nexo.errors import NotFound
+from nexo.platform.errors import NotFound
 
 STATIC_DIR = Path(__file__).parent / "static"
 

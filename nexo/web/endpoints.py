@@ -12,10 +12,10 @@ import time
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from nexo import health
-from nexo.config import Settings
 from nexo.context import NexoApp, app_context
-from nexo.errors import ErrorCode, NotFound, Unauthorized
+from nexo.platform import health
+from nexo.platform.config import Settings
+from nexo.platform.errors import ErrorCode, NotFound, Unauthorized
 from nexo.transparency import witness
 from nexo.web import assets, checklist
 from nexo.web.sampler import Sampler

@@ -18,12 +18,12 @@ import time
 from collections import deque
 from typing import Any
 
-from nexo import metrics
 from nexo.auth import repository as users
-from nexo.config import Witness
 from nexo.devices import repository as devices
-from nexo.tasks import cancel_and_wait, repeat
-from nexo.timefmt import utc_iso
+from nexo.platform import metrics
+from nexo.platform.config import Witness
+from nexo.platform.tasks import cancel_and_wait, repeat
+from nexo.platform.timefmt import utc_iso
 from nexo.transparency import repository as log_repository
 from nexo.transparency import service as log_service
 from nexo.transparency import witness_repository

@@ -9,7 +9,7 @@ import pytest
 
 from nexo.auth import tokens as tokens_mod
 from nexo.auth.tokens import LEEWAY_SECONDS, InvalidToken, TokenService
-from nexo.config import Settings
+from nexo.platform.config import Settings
 
 SECRET = "k" * 40
 

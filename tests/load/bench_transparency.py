@@ -213,10 +213,10 @@ def _audit(server: LocalServer) -> subprocess.CompletedProcess[str]:
 
 def bench_sequencer(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     """The log alone, in process: service.register -> sequencer -> signed STH, no HTTP or auth."""
-    from nexo import db
     from nexo.app import prepare_storage
-    from nexo.config import Settings
     from nexo.devices import service
+    from nexo.platform import db
+    from nexo.platform.config import Settings
     from nexo.transparency import repository
     from nexo.transparency.keys import load_signing_key
     from nexo.transparency.sequencer import Sequencer

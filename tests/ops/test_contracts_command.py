@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from types import SimpleNamespace
 
-from nexo.contracts_command import Collector, pytest_args
+from nexo.ops.contracts_command import Collector, pytest_args
 
 
 def _report(

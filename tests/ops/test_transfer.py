@@ -27,9 +27,9 @@ from tortoise.models import Model
 
 from contracts.client import Account
 from contracts.server import LocalServer, run_nexo
-from nexo import db
-from nexo.config import Settings
 from nexo.ops import transfer
+from nexo.platform import db
+from nexo.platform.config import Settings
 from tests.conftest import ServerFactory
 
 pytestmark = pytest.mark.server

@@ -8,7 +8,7 @@ import json
 import os
 import re
 
-from nexo.logs import AccessLog
+from nexo.platform.logs import AccessLog
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO nexo\.access \[(\d+)\] (\{.*\})$")
 

@@ -1,4 +1,4 @@
-"""The batching queue behind the message writer and the sequencer (nexo/batching.py).
+"""The batching queue behind the message writer and the sequencer (nexo/platform/batching.py).
 
 Each test commits into a real SQLite database in memory: a batch is one
 transaction (all or nothing), and a ``CHECK`` constraint refuses the poisoned
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from nexo.batching import BatchQueue, Heartbeat, QueueClosed, bisect
+from nexo.platform.batching import BatchQueue, Heartbeat, QueueClosed, bisect
 
 POISON = "poison"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nexo.config import ConfigError, RateLimit, Settings
+from nexo.platform.config import ConfigError, RateLimit, Settings
 
 GOOD = "s" * 40
 
@@ -64,8 +64,8 @@ def test_dev_mode_makes_and_reuses_a_secret(tmp_path: Path) -> None:
 
 
 def test_log_origin_setting() -> None:
-    from nexo.config import ConfigError as _ConfigError
-    from nexo.config import Settings as _Settings
+    from nexo.platform.config import ConfigError as _ConfigError
+    from nexo.platform.config import Settings as _Settings
 
     base = {"JWT_SECRET": "k" * 40}
     assert _Settings.from_env(base).log_origin == "nexo.local/log"

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nexo import db
-from nexo.config import Settings
-from nexo.wal import BACKFILLS, BackfillRow, WalBackfiller, WriterConnection
+from nexo.platform import db
+from nexo.platform.config import Settings
+from nexo.platform.wal import BACKFILLS, BackfillRow, WalBackfiller, WriterConnection
 from tests.conftest import ServerFactory
 
 pytestmark = pytest.mark.server

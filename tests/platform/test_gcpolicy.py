@@ -1,4 +1,4 @@
-"""The worker's garbage-collector settings (nexo/gcpolicy.py)."""
+"""The worker's garbage-collector settings (nexo/platform/gcpolicy.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nexo import gcpolicy
+from nexo.platform import gcpolicy
 
 
 @pytest.fixture

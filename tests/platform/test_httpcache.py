@@ -1,4 +1,4 @@
-"""nexo.httpcache: Accept-Encoding and If-None-Match as RFC 9110 reads them."""
+"""nexo.platform.httpcache: Accept-Encoding and If-None-Match as RFC 9110 reads them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 
-from nexo import httpcache
+from nexo.platform import httpcache
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Every log line is one line of printable text (issue 14, finding 7; nexo/logs.py)."""
+"""Every log line is one line of printable text (issue 14, finding 7; nexo/platform/logs.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nexo import logs
+from nexo.platform import logs
 
 FORGED = "2031-01-01 00:00:00,000 CRITICAL nexo.auth [1] forged"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nexo.config import RateLimit
-from nexo.ratelimit import Bucket, Decision, Limiter, MemoryWindows, rate_limit_headers
+from nexo.platform.config import RateLimit
+from nexo.platform.ratelimit import Bucket, Decision, Limiter, MemoryWindows, rate_limit_headers
 
 
 async def test_memory_limiter_allows_the_budget_then_refuses() -> None:
@@ -37,7 +37,7 @@ def test_headers_follow_the_ietf_draft_and_the_x_convention() -> None:
 
 
 def test_redis_prefix_setting_is_validated() -> None:
-    from nexo.config import ConfigError, Settings
+    from nexo.platform.config import ConfigError, Settings
 
     secret = "s" * 40
     assert Settings.from_env({"JWT_SECRET": secret}).redis_prefix == "nexo"

@@ -1,4 +1,4 @@
-"""The moving window in Redis (``nexo.ratelimit.RedisWindows``) against the real Redis."""
+"""The moving window in Redis (``nexo.platform.ratelimit.RedisWindows``) against the real Redis."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from nexo.config import RateLimit
-from nexo.ratelimit import Bucket, RedisWindows
+from nexo.platform.config import RateLimit
+from nexo.platform.ratelimit import Bucket, RedisWindows
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.server

@@ -1,4 +1,4 @@
-"""nexo.speedups: the same results as the Sanic code they replace."""
+"""nexo.platform.speedups: the same results as the Sanic code they replace."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 from sanic.response import json
 from sanic.response.types import BaseHTTPResponse
 
-from nexo import speedups
+from nexo.platform import speedups
 
 SAMPLES = [
     "",

@@ -1,10 +1,10 @@
-"""Stopping background tasks (nexo/tasks.py)."""
+"""Stopping background tasks (nexo/platform/tasks.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from nexo.tasks import cancel_and_wait, repeat
+from nexo.platform.tasks import cancel_and_wait, repeat
 
 
 async def test_cancel_and_wait_returns_once_the_task_has_stopped() -> None:

@@ -62,7 +62,7 @@ def _sockets_outlive_logout() -> None:
 
 def _budget_by_raw_path() -> None:
     """The limiter picks the budget from the raw path: ``/api/auth/login/`` escapes the auth budget."""
-    from nexo import ratelimit
+    from nexo.platform import ratelimit
 
     ratelimit.budget_path = lambda request: request.path
 

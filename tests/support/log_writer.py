@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 
 from contracts.server import LocalServer
-from nexo import db
+from nexo.platform import db
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.keys import read_key
 from nexo.transparency.models import node_key

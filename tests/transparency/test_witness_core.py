@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from nexo.config import ConfigError, Settings
+from nexo.platform.config import ConfigError, Settings
 from nexo.transparency import cosignature, tiles
 from nexo.transparency.tiles import TileId, TilePathError
 

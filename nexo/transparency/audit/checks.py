@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from nexo.config import Witness
+from nexo.platform.config import Witness
 from nexo.transparency import merkle
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.audit.report import Anomaly, AnomalyKind, Report

@@ -12,7 +12,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import F
 from tortoise.models import Model
 
-from nexo import db
+from nexo.platform import db
 
 
 class Counter(Model):
@@ -38,7 +38,7 @@ async def set_value(name: str, value: int, *, using: BaseDBAsyncClient | None = 
 
 
 def read_all_now() -> dict[str, int] | None:
-    """:func:`read_all` in place through the SQLite :class:`nexo.db.QuickReader` (never waits
+    """:func:`read_all` in place through the SQLite :class:`nexo.platform.db.QuickReader` (never waits
     behind the writer); ``None`` when there is none or it cannot read at once."""
     reader = db.quick_reader()
     rows = reader.fetch("SELECT name, value FROM counters", ()) if reader is not None else None

@@ -6,7 +6,7 @@ a server's worker processes get their settings: ``nexo serve``/``nexo dev``
 write their command-line options, ``NEXO_DEV`` and prometheus_client's
 ``PROMETHEUS_MULTIPROC_DIR`` into it (``nexo/cli.py``); each worker's
 ``create_app`` reads ``NEXO_DEV`` to call :meth:`Settings.from_env` in dev mode
-(``nexo/app.py``), ``nexo/metrics.py`` checks ``PROMETHEUS_MULTIPROC_DIR`` to
+(``nexo/app.py``), ``nexo/platform/metrics.py`` checks ``PROMETHEUS_MULTIPROC_DIR`` to
 sum the workers' metrics, and offline commands pass a copy of the environment
 to :meth:`Settings.from_env` (``nexo/transparency/commands.py``).
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from nexo import filemodes
+from nexo.platform import filemodes
 from nexo.transparency.cosignature import CosignatureError, WitnessKey, parse_vkey
 
 PLACEHOLDER_SECRETS = frozenset({"change_me", "changeme", "secret", "please_change_me"})

@@ -48,7 +48,7 @@ log = logging.getLogger("nexo.db")
 INTERVAL_SECONDS = 0.25
 #: WAL size above which a checkpoint briefly holds the writer back to restart the WAL
 #: (as many pages as fit, by the database's page size). The same as the WAL size kept
-#: after a restart (``journal_size_limit`` in nexo/db.py). Each restart holds commits back
+#: after a restart (``journal_size_limit`` in nexo/platform/db.py). Each restart holds commits back
 #: for the pages it copies and syncs (about 20 ms under full load on the project's disk),
 #: so the larger, the rarer: at 16 MiB (1 KiB pages) one came every 5,000 messages or so
 #: under full load, and the hundred or so messages in flight waited for it.

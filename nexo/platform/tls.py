@@ -18,7 +18,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from nexo.config import ConfigError
+from nexo.platform.config import ConfigError
 
 
 def certificate_names(cert_pem: bytes) -> list[str]:

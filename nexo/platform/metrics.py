@@ -29,7 +29,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
 from nexo.context import app_context
-from nexo.errors import Unauthorized
+from nexo.platform.errors import Unauthorized
 
 HTTP_REQUESTS = Counter("nexo_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(

@@ -1,13 +1,13 @@
 """``GET /api/health``: O(1) per request, 503 when the database stops answering.
 
-A background task reads the maintained counters (``nexo.counters``) every
+A background task reads the maintained counters (``nexo.platform.counters``) every
 ``REFRESH_SECONDS``; the endpoint only formats that snapshot, so it costs no
 database work however large the tables grow. When the last successful read is
 older than ``STALE_SECONDS`` the service reports ``degraded`` with 503.
 
 ``snapshot_age_ms`` says how old the snapshot is: milliseconds since the read that
 made it *started*, so the snapshot holds every commit made before that moment. On
-SQLite the read goes through the process's read-only :class:`nexo.db.QuickReader`
+SQLite the read goes through the process's read-only :class:`nexo.platform.db.QuickReader`
 connection, which in WAL mode never waits behind the writer: a burst of device
 registrations (one write transaction after another on the single writer connection)
 no longer delays the snapshot; it stays within about one refresh of the database.
@@ -28,10 +28,11 @@ from datetime import UTC, datetime
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from nexo import __version__, counters
+from nexo import __version__
 from nexo.context import NexoApp, app_context
-from nexo.tasks import cancel_and_wait, repeat
-from nexo.timefmt import utc_iso
+from nexo.platform import counters
+from nexo.platform.tasks import cancel_and_wait, repeat
+from nexo.platform.timefmt import utc_iso
 
 log = logging.getLogger("nexo.health")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nexo.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM
+from nexo.platform.console import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEM
 
 #: Contract module -> the runbook promise it checks, in the order they are printed.
 PROMISES: dict[str, str] = {

@@ -38,10 +38,10 @@ from redis.asyncio import Redis
 from sanic import Request
 from sanic.response import BaseHTTPResponse
 
-from nexo.config import RateLimit, Settings
 from nexo.context import NexoApp, app_context
-from nexo.errors import TooManyRequests
-from nexo.metrics import route_label
+from nexo.platform.config import RateLimit, Settings
+from nexo.platform.errors import TooManyRequests
+from nexo.platform.metrics import route_label
 
 log = logging.getLogger("nexo.ratelimit")
 

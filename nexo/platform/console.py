@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from nexo.config import Settings
+from nexo.platform.config import Settings
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1

@@ -26,14 +26,14 @@ from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import BaseORMException
 
-from nexo import filemodes, ids
-from nexo.config import Settings
+from nexo.platform import filemodes, ids
+from nexo.platform.config import Settings
 
 log = logging.getLogger("nexo.db")
 
 #: Modules holding Tortoise models, one per feature.
 MODEL_MODULES = [
-    "nexo.counters",
+    "nexo.platform.counters",
     "nexo.auth.models",
     "nexo.devices.models",
     "nexo.messages.models",
@@ -42,7 +42,7 @@ MODEL_MODULES = [
 
 #: The runbook's "SQLite Optimization" pragmas, plus a busy timeout (ms) and a WAL size
 #: kept after a checkpoint restarts it (Tortoise's default, 16 KiB, made the WAL file shrink
-#: and grow again at every restart). Checkpoints themselves: ``nexo/wal.py``.
+#: and grow again at every restart). Checkpoints themselves: ``nexo/platform/wal.py``.
 SQLITE_PRAGMAS: dict[str, str | int] = {
     "journal_mode": "WAL",
     "synchronous": "NORMAL",
@@ -171,7 +171,7 @@ async def backfill_wal(mode: str) -> tuple[int, int, int]:
     """``PRAGMA wal_checkpoint(<mode>)`` on the server's own (writer's) SQLite connection.
 
     Queued behind the statement in progress like any other, so it never waits
-    for this process's writer in SQLite's busy handler (nexo/wal.py).
+    for this process's writer in SQLite's busy handler (nexo/platform/wal.py).
     """
     try:
         _, rows = await connection().execute_query(f"PRAGMA wal_checkpoint({mode})")

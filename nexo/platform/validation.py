@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sanic import Request
 from sanic_ext import openapi
 
-from nexo.errors import BadRequest, ErrorCode, ValidationFailed
-from nexo.text import has_lone_surrogate, may_hold_escapes
+from nexo.platform.errors import BadRequest, ErrorCode, ValidationFailed
+from nexo.platform.text import has_lone_surrogate, may_hold_escapes
 
 M = TypeVar("M", bound=BaseModel)
 H = TypeVar("H", bound=Callable[..., Any])
