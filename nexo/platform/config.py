@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nexo.platform import filemodes
-from nexo.transparency.cosignature import CosignatureError, WitnessKey, parse_vkey
+from nexo.platform.vkeys import CosignatureError, WitnessKey, parse_vkey
 
 PLACEHOLDER_SECRETS = frozenset({"change_me", "changeme", "secret", "please_change_me"})
 MIN_SECRET_BYTES = 32

@@ -1,8 +1,10 @@
-"""Witness keys and cosignatures (pure): C2SP signed-note vkeys and tlog-cosignature v1.
+"""Cosignatures (pure): C2SP tlog-cosignature v1, checked against a witness's vkey.
 
 A witness is configured by its verifier key ``<name>+<hex(key ID)>+<base64(0x04 || key)>``
 (https://c2sp.org/signed-note, type 0x04: timestamped Ed25519 cosignature), with
-``key ID = SHA-256(name || 0x0A || 0x04 || key)[:4]``. Its cosignature on a checkpoint
+``key ID = SHA-256(name || 0x0A || 0x04 || key)[:4]``; :mod:`nexo.platform.vkeys` parses it
+(the settings need it, and the platform imports no feature) and this module re-exports
+``WitnessKey``, ``parse_vkey``, ``key_id`` and ``CosignatureError``. Its cosignature on a checkpoint
 is a note signature line ``— <name> base64(key ID || u64 timestamp || signature)``
 whose Ed25519 signature covers ``cosignature/v1\\ntime <timestamp>\\n`` followed by the
 whole checkpoint body (https://c2sp.org/tlog-cosignature).
@@ -12,35 +14,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import re
 import struct
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-COSIGNATURE_TYPE = 0x04
+from nexo.platform.vkeys import COSIGNATURE_TYPE as COSIGNATURE_TYPE
+from nexo.platform.vkeys import CosignatureError as CosignatureError
+from nexo.platform.vkeys import WitnessKey as WitnessKey
+from nexo.platform.vkeys import key_id as key_id
+from nexo.platform.vkeys import parse_vkey as parse_vkey
+
 HEADER = b"cosignature/v1\n"
 SIGNATURE_PREFIX = "\u2014 "
-_NAME = re.compile(r"[^\s+]+")
-_HEX8 = re.compile(r"[0-9a-f]{8}")
-
-
-class CosignatureError(ValueError):
-    """A vkey or cosignature that does not parse or does not verify."""
-
-
-@dataclass(frozen=True, slots=True)
-class WitnessKey:
-    name: str
-    key_id: bytes
-    public_key: bytes
-
-    @property
-    def vkey(self) -> str:
-        material = base64.b64encode(bytes([COSIGNATURE_TYPE]) + self.public_key).decode()
-        return f"{self.name}+{self.key_id.hex()}+{material}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,32 +42,6 @@ class Cosignature:
     def line(self) -> str:
         blob = self.key_id + struct.pack(">Q", self.timestamp) + self.signature
         return f"{SIGNATURE_PREFIX}{self.name} {base64.b64encode(blob).decode()}"
-
-
-def key_id(name: str, public_key: bytes) -> bytes:
-    return hashlib.sha256(name.encode() + b"\n" + bytes([COSIGNATURE_TYPE]) + public_key).digest()[:4]
-
-
-def parse_vkey(text: str) -> WitnessKey:
-    """Parse a cosigner vkey and check that its key ID matches its name and key."""
-    parts = text.strip().split("+", 2)
-    if len(parts) != 3:
-        raise CosignatureError(f"{text!r} is not a vkey <name>+<hex key ID>+<base64 key>")
-    name, hex_id, material = parts
-    if not _NAME.fullmatch(name):
-        raise CosignatureError(f"vkey name {name!r} is empty or holds spaces or '+'")
-    if not _HEX8.fullmatch(hex_id):
-        raise CosignatureError(f"vkey key ID {hex_id!r} is not 8 lowercase hex digits")
-    try:
-        raw = base64.b64decode(material, validate=True)
-    except binascii.Error:
-        raise CosignatureError(f"vkey key material of {name} is not base64") from None
-    if len(raw) != 33 or raw[0] != COSIGNATURE_TYPE:
-        raise CosignatureError(f"vkey of {name} is not a type 0x04 (Ed25519 cosignature) key of 32 bytes")
-    key = WitnessKey(name, bytes.fromhex(hex_id), raw[1:])
-    if key_id(name, key.public_key) != key.key_id:
-        raise CosignatureError(f"vkey key ID {hex_id} of {name} is not SHA-256(name, 0x0A, 0x04, key)[:4]")
-    return key
 
 
 def signed_message(checkpoint_body: bytes, timestamp: int) -> bytes:
