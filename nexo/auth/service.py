@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -93,6 +93,11 @@ async def find_user(username: str) -> User | None:
     name = username.lower()
     # A name no account can have is unknown without a query (it may not fit the column).
     return await repository.get_by_username(name) if USERNAME_RE.fullmatch(name) else None
+
+
+async def usernames(user_ids: Iterable[int]) -> dict[int, str]:
+    """Usernames by id for the given ids, in one query."""
+    return await repository.usernames(user_ids)
 
 
 async def live_sessions(session_ids: set[str]) -> set[str]:

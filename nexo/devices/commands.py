@@ -32,10 +32,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 async def _review(since: datetime, username: str | None) -> list[dict[str, Any]]:
-    from nexo.auth import repository as users
-    from nexo.devices import repository
+    from nexo.auth import service as accounts
+    from nexo.devices import service
     from nexo.platform import db
-    from nexo.transparency import repository as log
+    from nexo.transparency import service as log
     from nexo.transparency.commands import offline_settings
 
     settings = offline_settings()
@@ -43,11 +43,11 @@ async def _review(since: datetime, username: str | None) -> list[dict[str, Any]]
     try:
         user_id = None
         if username:
-            user = await users.get_by_username(username)
+            user = await accounts.find_user(username)
             if user is None:
                 raise LookupError(f"no user {username!r}")
             user_id = user.id
-        devices = await repository.changed_since(since, user_id)
+        devices = await service.changed_since(since, user_id)
         indexes = {d.leaf_index for d in devices}
         leaves = await log.leaves_at(indexes)
         rows: list[dict[str, Any]] = []

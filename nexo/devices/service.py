@@ -236,6 +236,16 @@ async def revoke_all(sequencer: Sequencer, user_id: int, username: str) -> int:
     return sum(results)
 
 
+async def latest_registered(limit: int) -> list[Device]:
+    """The ``limit`` most recently logged devices, newest first (the operator console)."""
+    return await repository.latest_registered(limit)
+
+
+async def changed_since(since: datetime, user_id: int | None = None) -> list[Device]:
+    """Devices registered or revoked at or after ``since`` (``nexo devices review``)."""
+    return await repository.changed_since(since, user_id)
+
+
 async def list_mine(user_id: int) -> list[dict[str, Any]]:
     return [device_json(device) for device in await repository.list_for_user(user_id)]
 

@@ -152,9 +152,9 @@ class Doctor:
             return Check("", True, "no witnesses configured (NEXO_WITNESSES)")
         if not self.use_db:
             return Check("", False, "needs the database: run on a host with its DATABASE_URL (not --no-db)")
-        from nexo.transparency import witness_repository
+        from nexo.transparency import service as log_service
 
-        states = await witness_repository.states()
+        states = await log_service.witness_states()
         latest = int((await self.client.get("/api/sth/latest")).json()["index"])
         healthy, lines = 0, []
         for witness in configured:
@@ -164,7 +164,7 @@ class Doctor:
                 continue
             cosigned = int(state["cosigned_index"])
             line = f"{witness.name}: cosigned STH {cosigned} (latest {latest}), {state['failures']} failures"
-            if witness_repository.failing(state):
+            if log_service.witness_failing(state):
                 line += f", last error: {state['last_error']}"
             elif cosigned >= 0:
                 healthy += 1

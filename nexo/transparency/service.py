@@ -7,6 +7,7 @@ published tree is served.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
@@ -46,6 +47,22 @@ async def published_size(wanted: int) -> int:
     head = await latest()
     _PublishedSize.value = max(_PublishedSize.value, head.tree_size)
     return head.tree_size
+
+
+async def latest_or_none() -> SignedTreeHead | None:
+    """The latest STH, or None before the first (the console's sampler)."""
+    return await repository.latest_sth()
+
+
+async def leaves_at(indexes: Iterable[int]) -> dict[int, bytes]:
+    """The leaves at these indexes (absent ones are left out)."""
+    return await repository.leaves_at(indexes)
+
+
+#: Each witness's state row by name, and whether its latest submission failed (the console
+#: and ``nexo doctor`` show them; the submitter writes them).
+witness_states = witness_repository.states
+witness_failing = witness_repository.failing
 
 
 async def latest() -> SignedTreeHead:

@@ -18,15 +18,13 @@ import time
 from collections import deque
 from typing import Any
 
-from nexo.auth import repository as users
-from nexo.devices import repository as devices
+from nexo.auth import service as accounts
+from nexo.devices import service as devices
 from nexo.platform import metrics
 from nexo.platform.config import Witness
 from nexo.platform.tasks import cancel_and_wait, repeat
 from nexo.platform.timefmt import utc_iso
-from nexo.transparency import repository as log_repository
 from nexo.transparency import service as log_service
-from nexo.transparency import witness_repository
 from nexo.web.checklist import Sample
 
 log = logging.getLogger("nexo.web")
@@ -76,10 +74,10 @@ async def read_witnesses(witnesses: tuple[Witness, ...], quorum: int) -> dict[st
         head, cosigs = cosigned
         values.update(cosigned_index=head.index, cosigned_timestamp_ms=head.head.timestamp_ms,
                       cosigners=tuple(c.name for c in cosigs))
-    states = await witness_repository.states()
+    states = await log_service.witness_states()
     values["witness_errors"] = tuple(
         f"{w.name}: {states[w.name]['last_error']}"
-        for w in witnesses if w.name in states and witness_repository.failing(states[w.name])
+        for w in witnesses if w.name in states and log_service.witness_failing(states[w.name])
     )
     return values
 
@@ -98,13 +96,13 @@ class Sampler:
     async def sample(self) -> None:
         try:
             values = read_metrics(time.time())
-            sth = await log_repository.latest_sth()
+            sth = await log_service.latest_or_none()
             if sth is not None:
                 values.update(sth_index=sth.index, sth_tree_size=sth.tree_size,
                               sth_timestamp_ms=sth.head.timestamp_ms)
             values.update(await read_witnesses(self.witnesses, self.quorum))
             latest = await devices.latest_registered(REGISTRATIONS)
-            names = await users.usernames(d.user_id for d in latest)
+            names = await accounts.usernames(d.user_id for d in latest)
         except Exception as exc:  # the console shows it; the server goes on
             if self.error is None:
                 log.warning("console sampler: %r", exc)
