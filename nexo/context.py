@@ -30,7 +30,8 @@ from sanic.config import Config
 if TYPE_CHECKING:
     from nexo.auth.service import AuthService
     from nexo.auth.tokens import TokenService
-    from nexo.messages.service import MessageSender, MessageWriter, RecipientCache
+    from nexo.messages.service import MessageSender, RecipientCache
+    from nexo.messages.writer import MessageWriter
     from nexo.platform.config import Settings
     from nexo.platform.health import HealthMonitor
     from nexo.platform.ratelimit import Limiter

@@ -12,7 +12,8 @@ from sanic_ext import openapi
 from nexo.auth.guard import authenticated
 from nexo.context import NexoApp, app_context
 from nexo.messages import service
-from nexo.messages.service import MessageSender, MessageWriter, RecipientCache, Sender
+from nexo.messages.service import MessageSender, RecipientCache, Sender
+from nexo.messages.writer import MessageWriter
 from nexo.platform.errors import NotFound, ValidationFailed
 from nexo.platform.validation import (
     INT64_MAX,

@@ -18,6 +18,10 @@ recomputes it from the target database before committing.
 
 Generic over every Tortoise model in ``nexo.platform.db.MODEL_MODULES`` (counters
 included): a new table is exported without changes here.
+
+One module of ~490 lines on purpose: export and import are the two sides of one file
+format (the portable values, the canonical digest, the header), so a change to one is a
+change to the other, and they are read side by side.
 """
 
 from __future__ import annotations

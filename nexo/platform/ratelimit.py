@@ -20,6 +20,10 @@ before any handler, so a refused request has no side effect. Identity is the use
 id of a valid access token, else the client address (``X-Forwarded-For`` only
 with ``NEXO_TRUSTED_PROXIES`` > 0, RFC 7239 ``Forwarded`` only with
 ``NEXO_FORWARDED_SECRET``: Sanic's proxy settings).
+
+One module of ~440 lines on purpose: the window algorithm, its two storages, the
+limiter's Redis fallback and the middleware share :class:`Decision`, the buckets and the
+headers; they are the one rule docs/ratelimit.md describes, read together.
 """
 
 from __future__ import annotations
