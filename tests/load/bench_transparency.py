@@ -214,6 +214,7 @@ def _audit(server: LocalServer) -> subprocess.CompletedProcess[str]:
 def bench_sequencer(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     """The log alone, in process: service.register -> sequencer -> signed STH, no HTTP or auth."""
     from nexo.app import prepare_storage
+    from nexo.auth import repository as accounts
     from nexo.devices import service
     from nexo.platform import db
     from nexo.platform.config import Settings
@@ -229,17 +230,19 @@ def bench_sequencer(args: argparse.Namespace, stack: contextlib.ExitStack) -> No
         await prepare_storage(settings)
         sequencer = Sequencer(load_signing_key(settings, await repository.latest_sth()))
         sequencer.start()
+        # A registration is logged only for an existing account (RegisterWriter.claim).
+        users = [await accounts.create_user(f"user{n}", "unused") for n in range(args.clients)]
         latencies: list[float] = []
         deadline = time.perf_counter() + args.seconds
 
-        async def client(n: int) -> None:
+        async def client(user_id: int, username: str) -> None:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
                 key = base64.b64encode(os.urandom(32)).decode()
-                await service.register(sequencer, n, f"user{n}", "bench", key, "ed25519")
+                await service.register(sequencer, user_id, username, "bench", key, "ed25519")
                 latencies.append(time.perf_counter() - started)
 
-        await asyncio.gather(*(client(n) for n in range(args.clients)))
+        await asyncio.gather(*(client(user.id, user.username) for user in users))
         await sequencer.stop()
         latest = await repository.latest_sth()
         await db.close_db()
