@@ -249,7 +249,8 @@ async def mark_delivered(message_id: str, recipient_id: int) -> bool:
     return await repository.mark_delivered(message_id, recipient_id, now_ms())
 
 
-# What the realtime feature reads to push and to catch up (nexo/realtime/hub.py).
+# What the realtime feature reads to push and to catch up: the hub (nexo/realtime/hub.py), its
+# sweep and signalled reads (realtime/feeds.py) and the /ws handshake (realtime/handshake.py).
 
 
 async def list_received(user_id: int, since: int, limit: int) -> list[StoredMessage]:

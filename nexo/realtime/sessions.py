@@ -22,7 +22,7 @@ log = logging.getLogger("nexo.realtime")
 
 #: How often each worker checks the sessions of its open connections (seconds). A session
 #: ended through this worker closes its connections here at once (``Hub.end_sessions``);
-#: on another worker or instance within this, plus the close (``hub.END_SECONDS``).
+#: on another worker or instance within this, plus the close (``connection.END_SECONDS``).
 CHECK_SECONDS = 0.5
 #: The close reason a client sees.
 ENDED = "session ended (logged out, or the account was deleted); log in again"
