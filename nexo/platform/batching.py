@@ -23,6 +23,10 @@ Two optional hooks: ``pace()`` holds the next batch back for that many seconds
 (not while stopping), and a :class:`Heartbeat` runs when nothing has been
 queued for its ``due_in()`` seconds.
 
+:class:`EndOfTurn` is the synchronous small sibling: what one turn of the
+event loop adds is handed to one ``flush`` call at the end of that turn (the
+WebSocket connections with frames to write, the access log's lines).
+
 This module imports no feature code.
 """
 
@@ -201,3 +205,46 @@ async def bisect(
         await then(part, result)
 
     await run(list(items))
+
+
+class EndOfTurn(Generic[T]):
+    """Items added during one event-loop turn, handed to ``flush(items)`` once at its end.
+
+    The first :meth:`add` of a turn schedules the flush with ``call_soon``, so it
+    runs after the callbacks already due in this turn; items keep the order of
+    ``add``. Outside a running loop an item is flushed at once. The pending items
+    are taken before ``flush`` runs: what ``flush`` itself adds goes to the next
+    turn, and a ``flush`` that raises is logged, not raised into the event loop,
+    and takes only its own items with it. :meth:`flush_now` flushes what is
+    pending at once (at shutdown).
+    """
+
+    def __init__(self, flush: Callable[[list[T]], None], *, name: str) -> None:
+        self.name = name
+        self._flush = flush
+        self._items: list[T] = []
+
+    @property
+    def pending(self) -> int:
+        """Items added and not flushed yet."""
+        return len(self._items)
+
+    def add(self, item: T) -> None:
+        self._items.append(item)
+        if len(self._items) == 1:  # the first item of this turn schedules the flush
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no running loop: flush now
+                self.flush_now()
+                return
+            loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        """Hand everything pending to ``flush`` (nothing to do if it is empty)."""
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        try:
+            self._flush(items)
+        except Exception:  # the loop and the later turns' items must outlive a broken flush
+            log.exception("%s: flushing %d items failed", self.name, len(items))

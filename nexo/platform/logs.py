@@ -16,7 +16,6 @@ event loop produced in one call, at the end of that turn.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ import re
 import sys
 import time
 from typing import Any, TextIO
+
+from nexo.platform.batching import EndOfTurn
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 
@@ -104,7 +105,7 @@ class AccessLog:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.enabled = True
         self._stream = stream
-        self._lines: list[str] = []
+        self._turn: EndOfTurn[str] = EndOfTurn(self._write_lines, name="nexo-access-log")
         self._second = -1
         self._stamp = ""
         self._prefix_tail = ""
@@ -120,21 +121,16 @@ class AccessLog:
             f"{self._stamp},{int((now - second) * 1000):03d}{self._prefix_tail}"
             f"{json.dumps(entry, separators=(',', ':'))}\n"
         )
-        self._lines.append(line)
-        if len(self._lines) == 1:  # the first line of this turn schedules the write
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no running loop: write now
-                self.flush()
+        self._turn.add(line)
 
     def flush(self) -> None:
-        if not self._lines:
-            return
-        text = "".join(self._lines)
-        self._lines.clear()
+        """Write the lines not written yet (at shutdown)."""
+        self._turn.flush_now()
+
+    def _write_lines(self, lines: list[str]) -> None:
         stream = self._stream or sys.stderr
         try:
-            stream.write(text)
+            stream.write("".join(lines))
             stream.flush()
         except (OSError, ValueError):  # a closed or broken stderr must not fail a request
             pass

@@ -4,10 +4,11 @@ Every frame (ack, message, error, synced) goes through a :class:`Connection`'s
 outbox and one pump task, so frames keep their order and many are written in
 one go. The first frame of a loop iteration goes to an idle, writable socket at
 once; the others of that iteration are written together when it ends
-(:class:`_Flusher`). A client that leaves written data unread for
-``write_timeout`` seconds (:class:`_Stalls`), or whose outbox grows past its
-bound, is dropped with 1008. Only the reader loop (``ws.py``) reads the socket;
-the socket itself is reached through ``transport.WebSocketTransport``.
+(:data:`_FLUSHER`, a :class:`~nexo.platform.batching.EndOfTurn`). A client that leaves
+written data unread for ``write_timeout`` seconds (:class:`_Stalls`), or whose
+outbox grows past its bound, is dropped with 1008. Only the reader loop
+(``ws.py``) reads the socket; the socket itself is reached through
+``transport.WebSocketTransport``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections import deque
 from prometheus_client import Counter
 
 from nexo.messages.service import Delivery, StoredMessage
+from nexo.platform.batching import EndOfTurn
 from nexo.realtime.protocol import CloseCode, message_frame
 from nexo.realtime.transport import WebSocketTransport
 
@@ -269,31 +271,18 @@ class Connection:
         await self.transport.send_frames(frames)
 
 
-class _Flusher:
-    """Connections with frames posted during this loop iteration, flushed once at its end.
-
-    One per process: a Sanic worker runs one event loop.
-    """
-
-    def __init__(self) -> None:
-        self._dirty: list[Connection] = []
-
-    def add(self, conn: Connection) -> None:
-        if not self._dirty:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._dirty.append(conn)
-
-    def _flush(self) -> None:
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            try:
-                conn.flush_now()
-            except Exception:  # one broken socket must not keep the others' frames back
-                log.exception("writing to a WebSocket failed (request %s)", conn.request_id)
-                conn._wake.set()
+def _flush_connections(dirty: list[Connection]) -> None:
+    for conn in dirty:
+        try:
+            conn.flush_now()
+        except Exception:  # one broken socket must not keep the others' frames back
+            log.exception("writing to a WebSocket failed (request %s)", conn.request_id)
+            conn._wake.set()
 
 
-_FLUSHER = _Flusher()
+#: Connections with frames posted during this loop iteration, flushed once at its end.
+#: One per process: a Sanic worker runs one event loop.
+_FLUSHER: EndOfTurn[Connection] = EndOfTurn(_flush_connections, name="nexo-ws-flush")
 
 
 class _Stalls:

@@ -1,4 +1,5 @@
-"""The batching queue behind the message writer and the sequencer (nexo/platform/batching.py).
+"""The batching queue behind the message writer and the sequencer (nexo/platform/batching.py),
+and its end-of-loop-turn sibling behind the WebSocket flusher and the access log.
 
 Each test commits into a real SQLite database in memory: a batch is one
 transaction (all or nothing), and a ``CHECK`` constraint refuses the poisoned
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nexo.platform.batching import BatchQueue, Heartbeat, QueueClosed, bisect
+from nexo.platform.batching import BatchQueue, EndOfTurn, Heartbeat, QueueClosed, bisect
 
 POISON = "poison"
 
@@ -360,3 +361,118 @@ async def test_a_heartbeat_runs_when_nothing_was_put_for_its_period() -> None:
     await queue.wait_idle()
     assert committed == [[1]]
     await queue.stop()
+
+
+# -- EndOfTurn: collect during one loop turn, flush once at its end ---------------------------
+
+
+class Flushes:
+    """A ``flush`` that records each call; ``refuse`` makes the calls holding it raise."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.refuse = refuse
+
+    def __call__(self, items: list[str]) -> None:
+        self.calls.append(list(items))
+        if self.refuse in items:
+            raise RuntimeError(f"cannot write {self.refuse}")
+
+
+async def test_what_one_loop_turn_adds_is_flushed_once_at_its_end_in_order() -> None:
+    flushes = Flushes()
+    turn: EndOfTurn[str] = EndOfTurn(flushes, name="lines")
+    for item in ("a", "b", "c"):
+        turn.add(item)
+    assert flushes.calls == [] and turn.pending == 3  # nothing yet: the turn has not ended
+    await asyncio.sleep(0)
+    assert flushes.calls == [["a", "b", "c"]] and turn.pending == 0
+    turn.add("d")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert flushes.calls == [["a", "b", "c"], ["d"]]
+
+
+async def test_tasks_running_in_the_same_turn_share_one_flush() -> None:
+    flushes = Flushes()
+    turn: EndOfTurn[str] = EndOfTurn(flushes, name="lines")
+
+    async def producer(name: str) -> None:
+        turn.add(f"{name}1")
+        turn.add(f"{name}2")
+
+    await asyncio.gather(producer("x"), producer("y"))  # both run in one iteration of the loop
+    await asyncio.sleep(0)
+    assert flushes.calls == [["x1", "x2", "y1", "y2"]]
+
+
+async def test_the_flush_runs_after_the_callbacks_already_due_in_its_turn() -> None:
+    order: list[str] = []
+    turn: EndOfTurn[str] = EndOfTurn(lambda items: order.append("flush " + ",".join(items)), name="lines")
+    loop = asyncio.get_running_loop()
+    loop.call_soon(order.append, "earlier callback")
+    turn.add("a")
+    loop.call_soon(turn.add, "b")  # due in the same iteration as the flush, but after it
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert order == ["earlier callback", "flush a", "flush b"]
+
+
+async def test_a_failing_flush_is_logged_and_loses_neither_the_loop_nor_later_items(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flushes = Flushes(refuse="bad")
+    turn: EndOfTurn[str] = EndOfTurn(flushes, name="lines")
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    after: list[str] = []
+    turn.add("ok")
+    turn.add("bad")
+    loop.call_soon(after.append, "later callback")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert flushes.calls == [["ok", "bad"]] and after == ["later callback"]
+    assert unhandled == []  # caught and logged, not raised into the event loop
+    assert "lines: flushing 2 items failed" in caplog.text and "cannot write bad" in caplog.text
+    turn.add("next")
+    turn.add("turn")
+    await asyncio.sleep(0)
+    assert flushes.calls == [["ok", "bad"], ["next", "turn"]]
+
+
+async def test_what_the_flush_itself_adds_goes_to_the_next_turn_in_order() -> None:
+    calls: list[list[int]] = []
+
+    def flush(items: list[int]) -> None:
+        calls.append(items)
+        if items == [1, 2]:
+            turn.add(3)
+
+    turn: EndOfTurn[int] = EndOfTurn(flush, name="numbers")
+    turn.add(1)
+    turn.add(2)
+    await asyncio.sleep(0)
+    assert calls == [[1, 2]] and turn.pending == 1
+    await asyncio.sleep(0)
+    assert calls == [[1, 2], [3]]
+
+
+async def test_flush_now_at_shutdown_flushes_the_rest_once() -> None:
+    flushes = Flushes()
+    turn: EndOfTurn[str] = EndOfTurn(flushes, name="lines")
+    turn.add("a")
+    turn.add("b")
+    turn.flush_now()
+    assert flushes.calls == [["a", "b"]] and turn.pending == 0
+    await asyncio.sleep(0)  # the flush scheduled for the end of the turn finds nothing
+    turn.flush_now()
+    assert flushes.calls == [["a", "b"]]
+
+
+def test_outside_a_running_loop_each_item_is_flushed_at_once() -> None:
+    flushes = Flushes()
+    turn: EndOfTurn[str] = EndOfTurn(flushes, name="lines")
+    turn.add("a")
+    turn.add("b")
+    assert flushes.calls == [["a"], ["b"]]
