@@ -51,9 +51,13 @@ log = logging.getLogger("nexo.ratelimit")
 
 #: After a Redis failure, serve from process memory this long before trying Redis again.
 REDIS_RETRY_SECONDS = 2.0
-#: Redis socket timeouts (seconds): a dead Redis must not stall requests.
-REDIS_CONNECT_TIMEOUT = 0.5
-REDIS_SOCKET_TIMEOUT = 1.0
+#: Redis socket timeouts (seconds). A timeout switches the worker to per-process counting,
+#: which admits up to N more per worker, so it must mean "Redis is gone", not "this host
+#: is loaded": the timer runs on the worker's own event loop, which a busy CPU delays, and
+#: a Redis busy with another client's command answers late but exactly. A dead Redis
+#: process refuses the connection at once; only a dead host or a hung Redis waits this long.
+REDIS_CONNECT_TIMEOUT = 2.0
+REDIS_SOCKET_TIMEOUT = 5.0
 
 #: Paths never limited: probes, metrics, API docs, the WebSocket upgrade (``send``
 #: frames have their own per-user budget, ``Bucket.WS_SEND``), the web pages and their

@@ -12,6 +12,7 @@ import contextlib
 import secrets
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -257,14 +258,14 @@ def test_redis_down_keeps_serving_per_process(make_server: ServerFactory) -> Non
     assert "Traceback" not in server.log_text()
 
 
-async def _burst(urls: list[str], total: int, headers: dict[str, str]) -> list[int]:
+async def _burst(urls: list[str], total: int, headers: dict[str, str], path: str = "/api/me") -> list[int]:
     limits = httpx.Limits(max_connections=total, max_keepalive_connections=total)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         start = asyncio.Event()
 
         async def one(i: int) -> int:
             await start.wait()
-            response = await client.get(f"{urls[i % len(urls)]}/api/me", headers=headers)
+            response = await client.get(f"{urls[i % len(urls)]}{path}", headers=headers)
             return response.status_code
 
         tasks = [asyncio.create_task(one(i)) for i in range(total)]
@@ -286,47 +287,111 @@ def test_exact_across_workers_and_instances_with_redis(make_server: ServerFactor
     assert "RATE LIMITS ARE PER PROCESS" not in first.log_text()
     user = Account.create(first.base_url)
     statuses = asyncio.run(_burst([first.base_url, second.base_url], 150, user.headers))
+    # A worker that fell back to per-process counting would admit more than 100: say so first.
+    assert "Redis is unreachable" not in first.log_text() + second.log_text()
     assert statuses.count(200) == 100, statuses
     assert statuses.count(429) == 50
 
 
-def test_redis_going_away_and_coming_back(make_server: ServerFactory, tmp_path: Path) -> None:
-    port = free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+class PrivateRedis:
+    """A redis-server of the test's own (a test may kill or stall it without touching the shared one)."""
 
-    def start_redis() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def __init__(self, cwd: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._cwd = cwd
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        self._process = subprocess.Popen(
+            args, cwd=self._cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return process
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
             time.sleep(0.05)
         raise AssertionError("redis-server did not start")
 
-    redis = start_redis()
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    redis = PrivateRedis(tmp_path)
+    redis.start()
     try:
-        server = make_server(
-            {
-                "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-                "NEXO_RATE_LIMIT": "4/minute",
-                "NEXO_REDIS_PREFIX": _prefix(),
-            }
-        )
-        with httpx.Client(base_url=server.base_url) as client:
-            assert [client.get(PROBE).status_code for _ in range(2)] == [404, 404]
-            assert _metric(server, "nexo_ratelimit_fallback") == 0
-            redis.kill()
-            redis.wait()
-            # Per-process limits take over: a fresh count, still enforced, never a 500.
-            assert [client.get(PROBE).status_code for _ in range(5)] == [404] * 4 + [429]
-            assert client.get("/api/health").status_code == 200
-            assert _metric(server, "nexo_ratelimit_fallback") == 1
-            redis = start_redis()
-            time.sleep(2.5)  # the limiter retries Redis 2 s after a failure
-            # Shared again: the restarted (empty) Redis counts from zero.
-            assert client.get(PROBE).headers["x-ratelimit-remaining"] == "3"
-            assert _metric(server, "nexo_ratelimit_fallback") == 0
-        assert "Redis answers again" in server.log_text()
+        yield redis
     finally:
         redis.kill()
-        redis.wait()
+
+
+def _server_on(make_server: ServerFactory, redis: PrivateRedis, rate: str) -> LocalServer:
+    return make_server({"REDIS_URL": redis.url, "NEXO_RATE_LIMIT": rate, "NEXO_REDIS_PREFIX": _prefix()})
+
+
+#: Keeps Redis busy (it runs one script at a time) for ARGV[1] seconds, as a loaded Redis
+#: host or a slow command of another client would.
+_BUSY_LUA = """
+local function now() local t = redis.call('TIME') return tonumber(t[1]) + tonumber(t[2]) / 1000000 end
+local stop = now() + tonumber(ARGV[1])
+while now() < stop do end
+return 1
+"""
+
+
+def test_slow_redis_keeps_the_limit_exact(make_server: ServerFactory, private_redis: PrivateRedis) -> None:
+    """Redis answering late (here: busy 1.5 s) is not Redis unreachable: the requests wait
+    for its answer instead of being counted afresh in process memory (which admitted up to
+    N more: the flake seen in test_exact_across_workers_and_instances_with_redis under load)."""
+    import redis as redis_sync
+
+    server = _server_on(make_server, private_redis, "20/minute")
+    with httpx.Client(base_url=server.base_url) as client:
+        assert [client.get(PROBE).status_code for _ in range(10)] == [404] * 10
+    busy = redis_sync.Redis(port=private_redis.port)
+    stall = threading.Thread(target=busy.eval, args=(_BUSY_LUA, 0, 1.5))
+    stall.start()
+    try:
+        time.sleep(0.2)  # the script runs: every hit now waits for it
+        statuses = asyncio.run(_burst([server.base_url], 30, {}, PROBE))
+    finally:
+        stall.join()
+        busy.close()
+    assert statuses.count(404) == 10, statuses
+    assert statuses.count(429) == 20, statuses
+    assert _metric(server, "nexo_ratelimit_storage_errors_total") == 0
+    assert "Redis is unreachable" not in server.log_text()
+
+
+def test_redis_going_away_and_coming_back(make_server: ServerFactory, private_redis: PrivateRedis) -> None:
+    server = _server_on(make_server, private_redis, "4/minute")
+    with httpx.Client(base_url=server.base_url) as client:
+        assert [client.get(PROBE).status_code for _ in range(2)] == [404, 404]
+        assert _metric(server, "nexo_ratelimit_fallback") == 0
+        private_redis.kill()
+        # Per-process limits take over: a fresh count, still enforced, never a 500.
+        assert [client.get(PROBE).status_code for _ in range(5)] == [404] * 4 + [429]
+        assert client.get("/api/health").status_code == 200
+        assert _metric(server, "nexo_ratelimit_fallback") == 1
+        private_redis.start()
+        time.sleep(2.5)  # the limiter retries Redis 2 s after a failure
+        # Shared again: the restarted (empty) Redis counts from zero.
+        assert client.get(PROBE).headers["x-ratelimit-remaining"] == "3"
+        assert _metric(server, "nexo_ratelimit_fallback") == 0
+    assert "Redis answers again" in server.log_text()
