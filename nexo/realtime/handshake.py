@@ -2,7 +2,7 @@
 
 Sanic runs the endpoint after the handshake, so an authentication failure is
 "accept, then close 4401" (:func:`close_unauthorized`). A client authenticates
-with an ``Authorization`` header or, within ``NEXO_WS_AUTH_TIMEOUT``, an
+with an ``Authorization`` header or, within ``Settings.ws_auth_timeout`` (5 s), an
 ``auth`` frame; sockets waiting for that frame are capped per address.
 """
 
@@ -79,7 +79,7 @@ async def admit_upgrade(request: Request) -> None:
 
 async def authenticate(request: Request, inbox: Inbox) -> Principal:
     """The socket's principal, from its ``Authorization`` header or its first frame (an
-    ``auth`` frame within ``NEXO_WS_AUTH_TIMEOUT``); :class:`Unauthenticated` otherwise."""
+    ``auth`` frame within ``Settings.ws_auth_timeout``); :class:`Unauthenticated` otherwise."""
     header = request.headers.get("authorization")
     settings: Settings = app_context(request).settings
     if header is not None:
