@@ -19,6 +19,10 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import Counter
 
 from nexo.auth import repository
+from nexo.auth.guard import Principal as Principal
+from nexo.auth.guard import authenticated as authenticated
+from nexo.auth.guard import bearer_token as bearer_token
+from nexo.auth.guard import principal_for_token as principal_for_token
 from nexo.auth.models import User
 from nexo.auth.passwords import MAX_BYTES, MIN_LENGTH, Passwords
 from nexo.auth.tokens import InvalidToken, TokenService

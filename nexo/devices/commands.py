@@ -36,9 +36,8 @@ async def _review(since: datetime, username: str | None) -> list[dict[str, Any]]
     from nexo.devices import service
     from nexo.platform import db
     from nexo.transparency import service as log
-    from nexo.transparency.commands import offline_settings
 
-    settings = offline_settings()
+    settings = log.offline_settings()
     await db.init_db(settings, create_schema=False)
     try:
         user_id = None

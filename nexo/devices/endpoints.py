@@ -12,11 +12,11 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 
-from nexo.auth.guard import authenticated
+from nexo.auth.service import authenticated
 from nexo.context import NexoApp, app_context
 from nexo.devices import service
 from nexo.platform.validation import Body, parse_body, path_parameter
-from nexo.transparency.endpoints import STHModel
+from nexo.transparency.service import STHModel
 
 bp = Blueprint("devices", url_prefix="/api")
 

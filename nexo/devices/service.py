@@ -27,9 +27,7 @@ from nexo.devices.models import Device
 from nexo.devices.repository import NewDevice, Revocation
 from nexo.platform.errors import BadRequest, Conflict, ErrorCode, NotFound, Unauthorized
 from nexo.platform.timefmt import utc_iso
-from nexo.transparency.leaf import canonical_leaf
-from nexo.transparency.sequencer import Rejected, Sequenced, Sequencer
-from nexo.transparency.sth import b64
+from nexo.transparency.service import Rejected, Sequenced, Sequencer, b64, canonical_leaf
 
 KEY_BYTES = 32
 #: The rows a registration leaf adds, written in the sequencer's transaction.

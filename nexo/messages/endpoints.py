@@ -9,7 +9,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 
-from nexo.auth.guard import authenticated
+from nexo.auth.service import authenticated
 from nexo.context import NexoApp, app_context
 from nexo.messages import service
 from nexo.messages.service import MessageSender, RecipientCache, Sender

@@ -178,9 +178,9 @@ class Doctor:
 
     async def _audit(self) -> str | None:
         """Run the transparency audit against the URL; ``None`` when clean."""
-        from nexo.transparency.audit.http import audit_url_summary
+        from nexo.transparency import service
 
-        return await audit_url_summary(self.url)
+        return await service.audit_url_summary(self.url)
 
     async def jwt(self) -> Check:
         if self.settings is None:

@@ -472,9 +472,9 @@ async def import_command(settings: Settings, path: Path, *, force: bool) -> int:
             file=sys.stderr,
         )
         await import_database(path, header, force, Progress())
-        from nexo.transparency.audit.database import audit_database_summary
+        from nexo.transparency import service
 
-        anomalies = await audit_database_summary(settings)
+        anomalies = await service.audit_database_summary(settings)
     finally:
         await close_db()
     total = sum(t["rows"] for t in header["tables"].values())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from prometheus_client import Counter as MetricCounter
 from sanic import Request
 
-from nexo.auth.guard import Principal, bearer_token, principal_for_token
+from nexo.auth.service import Principal, bearer_token, principal_for_token
 from nexo.context import app_context
 from nexo.messages import service
 from nexo.platform.config import Settings

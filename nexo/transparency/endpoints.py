@@ -22,23 +22,12 @@ from nexo.transparency import repository, service, tlog_endpoints
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.keys import load_signing_key
 from nexo.transparency.sequencer import Sequencer, ensure_genesis
-from nexo.transparency.service import LogErrorCode
+from nexo.transparency.service import LogErrorCode, STHModel
 from nexo.transparency.witness import WitnessSubmitter
 
 bp = Blueprint("transparency", url_prefix="/api")
 
 NO_CACHE = {"Cache-Control": "no-store"}
-
-
-class STHModel(BaseModel):
-    index: int
-    tree_size: int
-    root_hash: str
-    timestamp_ms: int
-    prev_sth_hash: str
-    origin: str
-    signature: str
-    sth_hash: str
 
 
 class STHList(BaseModel):

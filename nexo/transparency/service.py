@@ -11,14 +11,31 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
-from nexo.platform.config import Witness
+from pydantic import BaseModel
+
+from nexo.platform.config import Settings, Witness
 from nexo.platform.errors import BadRequest, ServiceUnavailable
 from nexo.transparency import merkle, repository, witness_repository
 from nexo.transparency import sth as sth_mod
 from nexo.transparency.cosignature import Cosignature
+from nexo.transparency.leaf import canonical_leaf as canonical_leaf
+from nexo.transparency.sequencer import Rejected as Rejected
+from nexo.transparency.sequencer import Sequenced as Sequenced
+from nexo.transparency.sequencer import Sequencer as Sequencer
 from nexo.transparency.sth import SignedTreeHead, b64
 
 MAX_PAGE = 1000
+
+
+class STHModel(BaseModel):
+    index: int
+    tree_size: int
+    root_hash: str
+    timestamp_ms: int
+    prev_sth_hash: str
+    origin: str
+    signature: str
+    sth_hash: str
 
 
 class LogErrorCode(StrEnum):
@@ -213,3 +230,35 @@ async def sth_json(heads: list[SignedTreeHead]) -> list[dict[str, Any]]:
             if found := stored.get(body["index"]):
                 body["cosignatures"] = [cosignature_json(c) for c in found]
     return bodies
+
+
+# What other features call of the rest of transparency. The audit and the command
+# helpers are imported on call: they are heavy and needed only by `nexo` commands.
+
+
+def witness_request_timeout() -> float:
+    """How long the witness submitter waits for one witness's answer, in seconds."""
+    from nexo.transparency.witness import REQUEST_TIMEOUT
+
+    return REQUEST_TIMEOUT
+
+
+def offline_settings() -> Settings:
+    """Settings for a command that reads the database but issues no tokens."""
+    from nexo.transparency.commands import offline_settings
+
+    return offline_settings()
+
+
+async def audit_url_summary(url: str) -> str | None:
+    """Full audit of a deployment through its API; ``None`` when clean (for ``nexo doctor``)."""
+    from nexo.transparency.audit.http import audit_url_summary
+
+    return await audit_url_summary(url)
+
+
+async def audit_database_summary(settings: Settings) -> str | None:
+    """Full audit of the open database; ``None`` when clean (for ``nexo db import``)."""
+    from nexo.transparency.audit.database import audit_database_summary
+
+    return await audit_database_summary(settings)

@@ -16,7 +16,7 @@ from nexo.context import NexoApp, app_context
 from nexo.platform import health
 from nexo.platform.config import Settings
 from nexo.platform.errors import ErrorCode, NotFound, Unauthorized
-from nexo.transparency import witness
+from nexo.transparency import service as log
 from nexo.web import assets, checklist
 from nexo.web.sampler import Sampler
 
@@ -84,7 +84,7 @@ async def console_status(request: Request) -> HTTPResponse:
     # The STH row holds the log to its heartbeat (NEXO_STH_MAX_AGE) with health's grace, and
     # the quorum-cosigned STH to that plus a submission round (interval and request timeout).
     sth_max_age = settings.sth_max_age + health.STH_AGE_GRACE_SECONDS
-    witness_max_age = sth_max_age + settings.witness_interval + witness.REQUEST_TIMEOUT
+    witness_max_age = sth_max_age + settings.witness_interval + log.witness_request_timeout()
     rows = checklist.evaluate(history, now_ms=int(time.time() * 1000), sth_max_age=sth_max_age,
                               window=settings.console_window, witness_max_age=witness_max_age)
     plot = checklist.series(history)
